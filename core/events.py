@@ -1,0 +1,172 @@
+"""The trainer's event stream: `<output_dir>/events.jsonl`, one JSON object a line.
+
+The writer (the trainer) and every reader (jobs, UI) share these types, so a field renamed here is
+renamed everywhere. Human-readable lines go to `train.log`; nothing parses those. This module
+imports no torch: the web process reads events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+EVENTS_FILE = "events.jsonl"
+
+# The stages of the reference guide's memory table, in its words.
+STAGE_AFTER_CONDITIONS = "after precomputing conditions"
+STAGE_AFTER_LATENTS = "after precomputing latents"
+STAGE_BEFORE_TRAINING = "before training start"
+STAGE_BEFORE_VALIDATION = "before validation start"
+STAGE_AFTER_VALIDATION = "after validation end"
+STAGE_AFTER_TRAINING = "after training end"
+
+
+def stage_after_epoch(epoch: int) -> str:
+    return f"after epoch {epoch}"
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    time: float = Field(default_factory=time.time)
+
+
+class ConfigEvent(_Event):
+    """The reference's "Training configuration" block, plus the resolved settings."""
+
+    kind: Literal["config"] = "config"
+    training_configuration: dict[str, Any]
+    config: dict[str, Any]
+    resumed_from_step: int = 0
+
+
+class StageEvent(_Event):
+    """Memory at one of the reference's named stages (GB)."""
+
+    kind: Literal["stage"] = "stage"
+    stage: str
+    device: str
+    memory: dict[str, float]
+
+
+class ProgressEvent(_Event):
+    """Progress of a phase before training (loading, encoding): done of total."""
+
+    kind: Literal["progress"] = "progress"
+    phase: str
+    done: int
+    total: int
+
+
+class StepEvent(_Event):
+    kind: Literal["step"] = "step"
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    lr: float
+    grad_norm: float | None = None
+    step_seconds: float
+    samples_per_second: float
+    eta_seconds: float
+
+
+class ValidationEvent(_Event):
+    kind: Literal["validation"] = "validation"
+    step: int
+    files: list[str]  # relative to the output dir
+    prompts: list[str]
+
+
+class CheckpointEvent(_Event):
+    kind: Literal["checkpoint"] = "checkpoint"
+    step: int
+    path: str
+
+
+class DoneEvent(_Event):
+    kind: Literal["done"] = "done"
+    step: int
+    outputs: list[str]
+
+
+class FailedEvent(_Event):
+    kind: Literal["failed"] = "failed"
+    message: str
+    user_error: bool = False
+    step: int | None = None
+
+
+class StoppedEvent(_Event):
+    kind: Literal["stopped"] = "stopped"
+    step: int
+    checkpoint: str | None = None
+
+
+Event = Annotated[
+    ConfigEvent
+    | StageEvent
+    | ProgressEvent
+    | StepEvent
+    | ValidationEvent
+    | CheckpointEvent
+    | DoneEvent
+    | FailedEvent
+    | StoppedEvent,
+    Field(discriminator="kind"),
+]
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+FINAL_KINDS = frozenset({"done", "failed", "stopped"})
+
+
+def parse_event(line: str | bytes) -> Event | None:
+    """One line of events.jsonl to its typed event; None for a blank or unknown line."""
+    try:
+        return _EVENT_ADAPTER.validate_json(line)
+    except ValidationError:
+        return None
+
+
+class EventWriter:
+    """Appends events to events.jsonl, one line each, flushed so tailing readers see it at once.
+
+    The file is opened for append, never truncated: a resumed run continues the same stream and
+    an earlier run's events are never lost.
+    """
+
+    def __init__(self, output_dir: str | Path, enabled: bool = True):
+        self.path = Path(output_dir) / EVENTS_FILE
+        self.enabled = enabled
+        self._file = open(self.path, "a", encoding="utf-8") if enabled else None  # noqa: SIM115
+
+    def emit(self, event: _Event) -> None:
+        if self._file is None:
+            return
+        self._file.write(event.model_dump_json() + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+
+def read_events(path: str | Path) -> list[Event]:
+    """Every event of a file (tests and small tools; live readers tail by offset instead)."""
+    events = []
+    with open(path, "rb") as handle:
+        for line in handle:
+            event = parse_event(line)
+            if event is not None:
+                events.append(event)
+    return events
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, sort_keys=True)

@@ -1,0 +1,859 @@
+"""The trainer: `accelerate launch -m core.train <reference flags>` or `--config spec.json`.
+
+A run reads top to bottom in `Trainer.run`: check the inputs, load the models, find the data,
+precompute conditions, set up what trains, resume, train, save. It reports through
+`<output_dir>/events.jsonl` (core/events.py) and logs human lines to stderr (train.log when a job
+runs it). Exit status: 0 done; 2 a problem the user can fix (one sentence says which); 1 anything
+else; 128+signal after a SIGINT/SIGTERM stop, which first saves a checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import secrets
+import shutil
+import signal
+import sys
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+
+from core.config import TrainConfig, parse_args
+from core.errors import EXIT_FAILED, EXIT_USER_ERROR, UserError
+from core.events import (
+    STAGE_AFTER_CONDITIONS,
+    STAGE_AFTER_LATENTS,
+    STAGE_AFTER_TRAINING,
+    STAGE_AFTER_VALIDATION,
+    STAGE_BEFORE_TRAINING,
+    STAGE_BEFORE_VALIDATION,
+    CheckpointEvent,
+    ConfigEvent,
+    DoneEvent,
+    EventWriter,
+    FailedEvent,
+    ProgressEvent,
+    StageEvent,
+    StepEvent,
+    StoppedEvent,
+    ValidationEvent,
+    stage_after_epoch,
+)
+
+log = logging.getLogger("core.train")
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+CONFIG_FILE = "train_config.json"
+VALIDATION_DIR = "validation"
+
+
+class StopRequested(Exception):
+    """SIGINT or SIGTERM arrived: finish the step, checkpoint, report `stopped`."""
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+
+
+def prepare_output_dir(config: TrainConfig) -> Path:
+    """Create the output folder (or check the existing one) and prove it is writable."""
+    output_dir = config.output_path
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise UserError(f"--output_dir: cannot write to {output_dir} ({reason.lower()})") from None
+    return output_dir
+
+
+class TrainingState:
+    """Where the run is: step, data position and the random generators' states.
+
+    Registered with accelerate for checkpointing, so a resumed run continues the same batches,
+    the same noise and the same caption dropout as the uninterrupted run.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.global_step = 0
+        self.epoch = 0
+        self.position = 0  # micro-batches of the current epoch already consumed
+        self.generators: dict = {}
+
+    def state_dict(self) -> dict:
+        return {
+            "seed": self.seed,
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "position": self.position,
+            "generators": {name: gen.get_state() for name, gen in self.generators.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_step = int(state["global_step"])
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        for name, generator_state in state["generators"].items():
+            self.generators[name].set_state(generator_state)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        if config.seed is None:
+            config.seed = secrets.randbelow(2**31)
+        self.config = config
+        self.events: EventWriter | None = None
+        self.stop_signal: int | None = None
+        self.training_started = False
+        self.last_checkpoint: Path | None = None
+
+    # ---- the story of a run -----------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signal_handlers()
+        try:
+            self.output_dir = prepare_output_dir(self.config)
+            # Only the main process writes events; accelerate and torchrun set RANK for the rest.
+            self.events = EventWriter(self.output_dir, enabled=os.environ.get("RANK", "0") == "0")
+            self.check_inputs()
+            self.setup_accelerator()
+            self.load_models()
+            self.prepare_data()
+            self.precompute_conditions()
+            self.setup_training()
+            self.resume()
+            self.train()
+            outputs = self.save_outputs()
+            self.emit(DoneEvent(step=self.state.global_step, outputs=outputs))
+            log.info(
+                "Training finished at step %d; outputs: %s",
+                self.state.global_step,
+                ", ".join(outputs),
+            )
+            return 0
+        except StopRequested:
+            return self._stop()
+        except UserError as error:
+            return self._fail(str(error), user_error=True)
+        except KeyboardInterrupt:
+            return self._fail("interrupted before the run could save a checkpoint")
+        except Exception as error:  # the one place every other failure is reported and exits 1
+            traceback.print_exc()
+            message = self._describe_crash(error)
+            return self._fail(message)
+        finally:
+            self._end_trackers()
+            if self.events is not None:
+                self.events.close()
+
+    def check_inputs(self) -> None:
+        """Everything that can be checked without loading a model; fails before writing."""
+        from core.data.dataset import prepare_samples
+        from core.models import cogvideox as family
+
+        config = self.config
+        self.source = family.ModelSource(
+            config.pretrained_model_name_or_path, config.revision, config.variant
+        )
+        self.prepared = prepare_samples(
+            config.data_root,
+            config.caption_column,
+            config.video_column,
+            config.buckets,
+            config.id_token,
+        )
+        family.check_source(self.source)
+        if config.training_type == "full-finetune" and config.layerwise_upcasting_modules:
+            raise UserError(
+                "--layerwise_upcasting_modules: fp8 storage works with "
+                "--training_type lora only (full finetuning updates those weights)"
+            )
+        self.rules = family.family_rules(self.source)
+        step = self.rules.frame_step
+        for frames, height, width in config.buckets:
+            if (frames - 1) % step:
+                from core.config import nearest_valid_frames
+
+                nearest = " or ".join(str(v) for v in nearest_valid_frames(frames, step))
+                raise UserError(
+                    f"--video_resolution_buckets: {frames}x{height}x{width} has {frames} frames, "
+                    f"but {self.rules.family} needs {step}k+1 frames; the nearest are {nearest}"
+                )
+        from core.checkpoints import resolve_resume
+
+        self.resume_path = resolve_resume(self.output_dir, config.resume_from_checkpoint)
+
+    def setup_accelerator(self) -> None:
+        import datetime
+
+        import torch
+        from accelerate import Accelerator, InitProcessGroupKwargs
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        config = self.config
+        log_with = None if config.report_to == "none" else config.report_to
+        self.accelerator = Accelerator(
+            log_with=log_with,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.output_dir),
+                logging_dir=str(self.output_dir / config.logging_dir),
+            ),
+            kwargs_handlers=[
+                InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=config.nccl_timeout))
+            ],
+        )
+        self.device = self.accelerator.device
+        self.is_main = self.accelerator.is_main_process
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(message)s",
+            stream=sys.stderr,
+            force=True,
+        )
+        if not self.is_main:
+            log.setLevel(logging.WARNING)
+        set_seed(config.seed)
+        if config.allow_tf32 and torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+        rank = self.accelerator.process_index
+        self.state = TrainingState(config.seed)
+        # Each rank draws its own noise; all ranks share the caption-dropout stream's seed offset.
+        self.state.generators = {
+            "noise": torch.Generator(self.device).manual_seed(config.seed + 7919 * (rank + 1)),
+            "dropout": torch.Generator().manual_seed(config.seed + 104729 * (rank + 1)),
+        }
+        log.info("Process %d of %d on %s", rank + 1, self.accelerator.num_processes, self.device)
+
+    def load_models(self) -> None:
+        from core.models import cogvideox as family
+
+        config = self.config
+        dtypes = family.DTYPES
+        self.emit(ProgressEvent(phase="loading model", done=0, total=4))
+        self.tokenizer = family.load_tokenizer(self.source)
+        self.text_encoder = family.load_text_encoder(self.source, dtypes[config.text_encoder_dtype])
+        self.vae = family.load_vae(
+            self.source, dtypes[config.vae_dtype], config.enable_slicing, config.enable_tiling
+        )
+        self.emit(ProgressEvent(phase="loading model", done=2, total=4))
+        self.transformer = family.load_transformer(self.source, dtypes[config.transformer_dtype])
+        self.scheduler = family.load_scheduler(self.source)
+        self.emit(ProgressEvent(phase="loading model", done=4, total=4))
+        if config.training_type == "lora":
+            family.lora_target_check(self.transformer, config.target_modules)
+        self.text_encoder.to(self.device)
+        self.vae.to(self.device)
+        self.transformer.to(self.device)
+
+    def prepare_data(self) -> None:
+        for skipped in self.prepared.skipped:
+            log.warning("Skipping %s: %s", skipped.path, skipped.reason)
+        self.samples = self.prepared.samples
+        log.info(
+            "Training on %d samples (%d skipped)", len(self.samples), len(self.prepared.skipped)
+        )
+        self._check_caption_lengths()
+
+    def precompute_conditions(self) -> None:
+        """Prompt embeddings always once (validation needs them); latents too when asked."""
+        import torch
+
+        from core.memory import free_accelerator_memory
+        from core.models import cogvideox as family
+
+        config = self.config
+        encode = lambda prompts: family.encode_prompts(  # noqa: E731
+            self.tokenizer, self.text_encoder, prompts, self.device
+        ).cpu()
+        self.empty_embed = encode([""])
+        self.validation_embeds = [encode([prompt]) for prompt in config.validation_prompts]
+        self.negative_embed = encode([config.validation_negative_prompt])
+        self.cached_embeds = self.cached_latents = None
+        if not config.precompute_conditions:
+            return
+        total = len(self.samples)
+        self.cached_embeds = []
+        for index, sample in enumerate(self.samples):
+            self._check_stop()
+            self.cached_embeds.append(encode([sample.caption])[0])
+            self.emit(ProgressEvent(phase="encoding prompts", done=index + 1, total=total))
+        # The text encoder is done for the whole run: drop it before the VAE works.
+        self.text_encoder = None
+        free_accelerator_memory(self.device)
+        self.emit_stage(STAGE_AFTER_CONDITIONS)
+        from core.data.dataset import load_clip
+
+        self.cached_latents = []
+        for index, sample in enumerate(self.samples):
+            self._check_stop()
+            video = load_clip(sample).unsqueeze(0)
+            self.cached_latents.append(family.encode_videos(self.vae, video)[0].cpu())
+            self.emit(ProgressEvent(phase="encoding clips", done=index + 1, total=total))
+        # The VAE only decodes validation videos from here on: keep it off the accelerator.
+        self.vae.to("cpu")
+        free_accelerator_memory(self.device)
+        if config.pin_memory and torch.cuda.is_available():
+            self.cached_latents = [t.pin_memory() for t in self.cached_latents]
+            self.cached_embeds = [t.pin_memory() for t in self.cached_embeds]
+        self.emit_stage(STAGE_AFTER_LATENTS)
+
+    def setup_training(self) -> None:
+        import torch
+        from diffusers.optimization import get_scheduler
+
+        from core.models import cogvideox as family
+
+        config = self.config
+        accelerator = self.accelerator
+        transformer = self.transformer
+        compute_dtype = family.DTYPES[config.transformer_dtype]
+        if config.training_type == "lora":
+            transformer.requires_grad_(False)
+            if config.layerwise_upcasting_modules:
+                transformer.enable_layerwise_casting(
+                    storage_dtype=family.FP8_DTYPES[config.layerwise_upcasting_storage_dtype],
+                    compute_dtype=compute_dtype,
+                    skip_modules_pattern=tuple(config.layerwise_upcasting_skip_modules_pattern),
+                )
+            from peft import LoraConfig
+
+            transformer.add_adapter(
+                LoraConfig(
+                    r=config.rank,
+                    lora_alpha=config.lora_alpha,
+                    init_lora_weights=True,
+                    target_modules=config.target_modules,
+                )
+            )
+            # LoRA weights train in fp32 even when the frozen base computes in bf16.
+            for parameter in transformer.parameters():
+                if parameter.requires_grad:
+                    parameter.data = parameter.data.float()
+        else:
+            transformer.requires_grad_(True)
+        if config.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        transformer.train()
+        self.compute_dtype = compute_dtype
+        trainable = [p for p in transformer.parameters() if p.requires_grad]
+        self.trainable_count = sum(p.numel() for p in trainable)
+
+        batches_per_epoch = len(self._epoch_batches(0))
+        self.batches_per_epoch = batches_per_epoch
+        world = accelerator.num_processes
+        lr = config.lr
+        if config.scale_lr:
+            lr *= config.batch_size * config.gradient_accumulation_steps * world
+        optimizer = self._make_optimizer(trainable, lr)
+        self.lr_scheduler = get_scheduler(
+            config.lr_scheduler,
+            optimizer,
+            num_warmup_steps=config.lr_warmup_steps,
+            num_training_steps=config.train_steps,
+            num_cycles=config.lr_num_cycles,
+            power=config.lr_power,
+        )
+        self.transformer, self.optimizer = accelerator.prepare(transformer, optimizer)
+        accelerator.register_for_checkpointing(self.lr_scheduler, self.state)
+        accelerator.register_save_state_pre_hook(self._save_model_hook)
+        accelerator.register_load_state_pre_hook(self._load_model_hook)
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
+        self.rotary = family.RotaryCache(
+            accelerator.unwrap_model(self.transformer).config, self.device
+        )
+        micro_steps = config.train_steps * config.gradient_accumulation_steps
+        self.train_epochs = math.ceil(micro_steps / batches_per_epoch)
+
+    def resume(self) -> None:
+        from core.checkpoints import checkpoint_step
+
+        if self.resume_path is None:
+            if self.config.resume_from_checkpoint:
+                log.info("No checkpoint in %s yet: starting from step 0", self.output_dir)
+            return
+        log.info("Resuming from %s", self.resume_path)
+        self.accelerator.load_state(str(self.resume_path))
+        expected = checkpoint_step(self.resume_path)
+        if self.state.global_step != expected:
+            raise RuntimeError(
+                f"checkpoint {self.resume_path} holds step "
+                f"{self.state.global_step}, expected {expected}"
+            )
+
+    def train(self) -> None:
+        import torch
+
+        config = self.config
+        accelerator = self.accelerator
+        world = accelerator.num_processes
+        self.emit(
+            ConfigEvent(
+                training_configuration={
+                    "trainable parameters": self.trainable_count,
+                    "total samples": len(self.samples),
+                    "train epochs": self.train_epochs,
+                    "train steps": config.train_steps,
+                    "batches per device": config.batch_size,
+                    "total batches observed per epoch": self.batches_per_epoch,
+                    "train batch size": config.batch_size
+                    * world
+                    * config.gradient_accumulation_steps,
+                    "gradient accumulation steps": config.gradient_accumulation_steps,
+                },
+                config=config.model_dump(mode="json"),
+                resumed_from_step=self.state.global_step,
+            )
+        )
+        self._init_trackers()
+        self.emit_stage(STAGE_BEFORE_TRAINING)
+        self.training_started = True
+        stream = self._batches()
+        recent = deque(maxlen=20)
+        while self.state.global_step < config.train_steps:
+            started = time.perf_counter()
+            loss_sum = torch.zeros((), device=self.device)
+            samples = 0
+            grad_norm = None
+            for _ in range(config.gradient_accumulation_steps):
+                indices, videos = next(stream)
+                with accelerator.accumulate(self.transformer):
+                    loss = self._loss(indices, videos)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(
+                            self.transformer.parameters(),
+                            config.max_grad_norm if config.max_grad_norm > 0 else float("inf"),
+                        )
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                self.state.position += 1
+                loss_sum += loss.detach()
+                samples += len(indices)
+            self.lr_scheduler.step()
+            self.state.global_step += 1
+            step = self.state.global_step
+            loss_value = (loss_sum / config.gradient_accumulation_steps).item()
+            if not math.isfinite(loss_value):
+                raise UserError(
+                    f"the loss became {loss_value} at step {step}: lower --lr, or "
+                    "train the transformer in bf16/fp32 rather than fp16"
+                )
+            seconds = time.perf_counter() - started
+            recent.append(seconds)
+            remaining = config.train_steps - step
+            lr_value = self.lr_scheduler.get_last_lr()[0]
+            norm_value = float(grad_norm) if grad_norm is not None else None
+            self.emit(
+                StepEvent(
+                    step=step,
+                    total_steps=config.train_steps,
+                    epoch=self.state.epoch + 1,
+                    loss=loss_value,
+                    lr=lr_value,
+                    grad_norm=norm_value,
+                    step_seconds=seconds,
+                    samples_per_second=samples * world / seconds if seconds else 0.0,
+                    eta_seconds=remaining * sum(recent) / len(recent),
+                )
+            )
+            if self.trackers_on:
+                accelerator.log(
+                    {"loss": loss_value, "lr": lr_value, "grad_norm": norm_value or 0.0}, step=step
+                )
+            if step % config.checkpointing_steps == 0 and step < config.train_steps:
+                self.save_checkpoint()
+            if (
+                config.validation_prompts
+                and config.validation_steps
+                and step % config.validation_steps == 0
+                and step < config.train_steps
+            ):
+                self.validate()
+            if step < config.train_steps:
+                self._check_stop()
+        self.emit_stage(stage_after_epoch(self.state.epoch + 1))
+        if config.validation_prompts:
+            self.validate()
+        self.emit_stage(STAGE_AFTER_TRAINING)
+
+    def save_outputs(self) -> list[str]:
+        """The final weights (LoRA file or transformer folder) and train_config.json."""
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            return []
+        transformer = self.accelerator.unwrap_model(self.transformer)
+        staging = self.output_dir / ".final.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        if self.config.training_type == "lora":
+            self._save_lora(transformer, staging)
+            (staging / LORA_WEIGHTS).replace(self.output_dir / LORA_WEIGHTS)
+            outputs = [LORA_WEIGHTS]
+        else:
+            transformer.save_pretrained(staging / "transformer")
+            target = self.output_dir / "transformer"
+            previous = self.output_dir / ".transformer.previous"
+            if target.exists():
+                target.replace(previous)
+            (staging / "transformer").replace(target)
+            shutil.rmtree(previous, ignore_errors=True)
+            outputs = ["transformer"]
+        shutil.rmtree(staging, ignore_errors=True)
+        write_text_atomic(self.output_dir / CONFIG_FILE, self.config.model_dump_json(indent=2))
+        return [*outputs, CONFIG_FILE]
+
+    # ---- steps ------------------------------------------------------------------------------
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        from core.data.dataset import epoch_batches
+
+        return epoch_batches(
+            self.samples,
+            self.config.batch_size,
+            self.config.seed,
+            epoch,
+            self.accelerator.process_index,
+            self.accelerator.num_processes,
+        )
+
+    def _batches(self):
+        """Micro-batches from the current data position on: (sample indices, videos or None)."""
+        from torch.utils.data import DataLoader
+
+        from core.data.dataset import ClipDataset
+
+        while True:
+            remaining = self._epoch_batches(self.state.epoch)[self.state.position :]
+            if self.cached_latents is not None:
+                for indices in remaining:
+                    yield indices, None
+            else:
+                loader = DataLoader(
+                    ClipDataset(self.samples),
+                    batch_sampler=remaining,
+                    num_workers=self.config.dataloader_num_workers,
+                    pin_memory=self.config.pin_memory,
+                    collate_fn=_collate_videos,
+                )
+                for indices, videos in zip(remaining, loader, strict=True):
+                    yield indices, videos
+            self.emit_stage(stage_after_epoch(self.state.epoch + 1))
+            self.state.epoch += 1
+            self.state.position = 0
+
+    def _loss(self, indices: list[int], videos):
+        import torch
+
+        from core.models import cogvideox as family
+
+        noise_gen = self.state.generators["noise"]
+        if self.cached_latents is not None:
+            parameters = torch.stack([self.cached_latents[i] for i in indices])
+            embeds = torch.stack([self.cached_embeds[i] for i in indices])
+            parameters = parameters.to(self.device, non_blocking=True)
+            embeds = embeds.to(self.device, non_blocking=True)
+        else:
+            parameters = family.encode_videos(self.vae, videos)
+            captions = [self.samples[i].caption for i in indices]
+            embeds = family.encode_prompts(self.tokenizer, self.text_encoder, captions, self.device)
+        embeds = self._drop_captions(embeds)
+        latents = family.sample_latents(parameters, self.rules, noise_gen)
+        return family.training_loss(
+            self.transformer,
+            self.alphas_cumprod,
+            latents,
+            embeds,
+            noise_gen,
+            self.rotary,
+            self.compute_dtype,
+        )
+
+    def _drop_captions(self, embeds):
+        """Replace each caption by the empty prompt (or zeros) with --caption_dropout_p."""
+        import torch
+
+        probability = self.config.caption_dropout_p
+        if probability <= 0:
+            return embeds
+        draws = torch.rand(embeds.shape[0], generator=self.state.generators["dropout"])
+        dropped = (draws < probability).to(self.device)
+        if not dropped.any():
+            return embeds
+        if self.config.caption_dropout_technique == "zero":
+            replacement = torch.zeros_like(embeds[:1])
+        else:
+            replacement = self.empty_embed.to(self.device, embeds.dtype)
+        return torch.where(dropped.view(-1, 1, 1), replacement, embeds)
+
+    def _make_optimizer(self, parameters, lr: float):
+        import torch
+
+        config = self.config
+        kwargs = dict(
+            lr=lr,
+            betas=(config.beta1, config.beta2),
+            eps=config.epsilon,
+            weight_decay=config.weight_decay,
+        )
+        if config.use_8bit_bnb:
+            import bitsandbytes as bnb
+
+            cls = bnb.optim.AdamW8bit if config.optimizer == "adamw" else bnb.optim.Adam8bit
+            return cls(parameters, **kwargs)
+        cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        return cls(parameters, **kwargs)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        from core.checkpoints import partial_dir, prune, publish
+
+        step = self.state.global_step
+        staging = partial_dir(self.output_dir, step)
+        if self.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(staging))
+        self.accelerator.wait_for_everyone()
+        final = staging
+        if self.is_main:
+            final = publish(self.output_dir, step, staging)
+            prune(self.output_dir, self.config.checkpointing_limit)
+            self.emit(CheckpointEvent(step=step, path=final.name))
+            log.info("Saved checkpoint %s", final)
+        self.accelerator.wait_for_everyone()
+        self.last_checkpoint = final
+        return final
+
+    def _save_lora(self, transformer, folder: Path) -> None:
+        from diffusers import CogVideoXPipeline
+        from peft.utils import get_peft_model_state_dict
+
+        folder.mkdir(parents=True, exist_ok=True)
+        CogVideoXPipeline.save_lora_weights(
+            folder,
+            transformer_lora_layers=get_peft_model_state_dict(transformer),
+            # Without the adapter metadata, lora_alpha is lost on reload and outputs differ.
+            transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict(),
+        )
+
+    def _save_model_hook(self, models, weights, output_dir) -> None:
+        """accelerate saves trainable weights only: a LoRA file or the transformer folder."""
+        for model in models:
+            unwrapped = self.accelerator.unwrap_model(model)
+            if self.is_main:
+                if self.config.training_type == "lora":
+                    self._save_lora(unwrapped, Path(output_dir))
+                else:
+                    unwrapped.save_pretrained(Path(output_dir) / "transformer")
+            if weights:
+                weights.pop()
+
+    def _load_model_hook(self, models, input_dir) -> None:
+        from safetensors.torch import load_file
+
+        while models:
+            model = self.accelerator.unwrap_model(models.pop())
+            folder = Path(input_dir)
+            if self.config.training_type == "lora":
+                from peft.utils import set_peft_model_state_dict
+
+                state = load_file(folder / LORA_WEIGHTS)
+                state = {key.removeprefix("transformer."): value for key, value in state.items()}
+                result = set_peft_model_state_dict(model, state, adapter_name="default")
+                if result.unexpected_keys:
+                    raise RuntimeError(
+                        f"checkpoint {folder} has unexpected LoRA keys, such as "
+                        f"{result.unexpected_keys[0]}"
+                    )
+            else:
+                loaded: set[str] = set()
+                for shard in sorted((folder / "transformer").glob("*.safetensors")):
+                    state = load_file(shard)
+                    model.load_state_dict(state, strict=False)
+                    loaded.update(state)
+                missing = set(model.state_dict()) - loaded
+                if missing:
+                    raise RuntimeError(
+                        f"checkpoint {folder} lacks weights such as {sorted(missing)[0]}"
+                    )
+
+    # ---- validation -------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        import torch
+        from diffusers import CogVideoXDPMScheduler
+
+        from core.data.video import write_video
+        from core.memory import free_accelerator_memory
+        from core.models import cogvideox as family
+
+        config = self.config
+        if not self.is_main:
+            return
+        self.emit_stage(STAGE_BEFORE_VALIDATION)
+        frames, height, width = config.buckets[0]
+        frames = config.validation_frames or frames
+        height = config.validation_height or height
+        width = config.validation_width or width
+        step = self.state.global_step
+        folder = self.output_dir / VALIDATION_DIR / f"step-{step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        transformer = self.accelerator.unwrap_model(self.transformer)
+        transformer.eval()
+        self.vae.to(self.device)
+        pipeline = family.make_pipeline(
+            transformer, self.vae, CogVideoXDPMScheduler.from_config(self.scheduler.config)
+        )
+        pipeline.set_progress_bar_config(disable=True)
+        files = []
+        try:
+            for index, (prompt, embed) in enumerate(
+                zip(config.validation_prompts, self.validation_embeds, strict=True)
+            ):
+                for number in range(config.num_validation_videos):
+                    self._check_stop()
+                    generator = torch.Generator(self.device).manual_seed(config.seed + number)
+                    video = family.generate(
+                        pipeline,
+                        embed.to(self.device),
+                        self.negative_embed.to(self.device),
+                        frames,
+                        height,
+                        width,
+                        config.validation_inference_steps,
+                        config.validation_guidance_scale,
+                        generator,
+                    )
+                    name = f"{index:02d}-{_slug(prompt)}-{number}.mp4"
+                    write_video(folder / name, video, fps=config.validation_fps)
+                    files.append(str((folder / name).relative_to(self.output_dir)))
+        finally:
+            transformer.train()
+            if self.cached_latents is not None:
+                self.vae.to("cpu")
+            free_accelerator_memory(self.device)
+        self.emit(ValidationEvent(step=step, files=files, prompts=config.validation_prompts))
+        self.emit_stage(STAGE_AFTER_VALIDATION)
+        if self.trackers_on and config.report_to == "wandb":
+            import wandb
+
+            tracker = self.accelerator.get_tracker("wandb", unwrap=True)
+            tracker.log(
+                {"validation": [wandb.Video(str(self.output_dir / f)) for f in files]}, step=step
+            )
+
+    # ---- reporting, signals, failures --------------------------------------------------------
+
+    def emit(self, event) -> None:
+        if self.events is not None:
+            self.events.emit(event)
+
+    def emit_stage(self, stage: str) -> None:
+        from core.memory import memory_snapshot
+
+        memory = memory_snapshot(self.device)
+        self.emit(StageEvent(stage=stage, device=str(self.device), memory=memory))
+        log.info("Memory %s: %s", stage, memory)
+
+    def _init_trackers(self) -> None:
+        self.trackers_on = self.config.report_to != "none"
+        if not self.trackers_on:
+            return
+        flat = {
+            key: (" ".join(map(str, value)) if isinstance(value, list) else value)
+            for key, value in self.config.model_dump(mode="json").items()
+        }
+        flat = {key: ("" if value is None else value) for key, value in flat.items()}
+        self.accelerator.init_trackers(self.config.tracker_name, config=flat)
+
+    def _end_trackers(self) -> None:
+        if getattr(self, "trackers_on", False):
+            self.accelerator.end_training()
+
+    def _check_caption_lengths(self) -> None:
+        from core.models.cogvideox import MAX_TEXT_TOKENS, count_prompt_tokens
+
+        for sample in self.samples:
+            tokens = count_prompt_tokens(self.tokenizer, sample.caption)
+            if tokens > MAX_TEXT_TOKENS:
+                log.warning(
+                    "The caption of %s has %d tokens; the text encoder reads the first %d",
+                    sample.path.name,
+                    tokens,
+                    MAX_TEXT_TOKENS,
+                )
+
+    def _install_signal_handlers(self) -> None:
+        def request_stop(signum, _frame):
+            if self.stop_signal is not None:  # a second signal: stop now, without saving
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            log.warning("Received %s: stopping after the current step", signal.Signals(signum).name)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, request_stop)
+
+    def _check_stop(self) -> None:
+        if self.stop_signal is not None:
+            raise StopRequested
+
+    def _stop(self) -> int:
+        checkpoint = None
+        step = self.state.global_step if hasattr(self, "state") else 0
+        if self.training_started and step > 0:
+            saved = self.last_checkpoint
+            if saved is None or not saved.name.endswith(f"-{step}"):
+                saved = self.save_checkpoint()
+            checkpoint = saved.name
+        self.emit(StoppedEvent(step=step, checkpoint=checkpoint))
+        log.warning(
+            "Stopped at step %d%s", step, f"; resume from {checkpoint}" if checkpoint else ""
+        )
+        return 128 + (self.stop_signal or signal.SIGTERM)
+
+    def _fail(self, message: str, user_error: bool = False) -> int:
+        step = self.state.global_step if hasattr(self, "state") else None
+        self.emit(FailedEvent(message=message, user_error=user_error, step=step))
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR if user_error else EXIT_FAILED
+
+    @staticmethod
+    def _describe_crash(error: Exception) -> str:
+        text = f"{type(error).__name__}: {error}".strip()
+        if "out of memory" in text.lower():
+            return "out of memory: " + text.splitlines()[0][:300]
+        return text.splitlines()[0][:500] if text else type(error).__name__
+
+
+def _collate_videos(items: list[dict]):
+    import torch
+
+    return torch.stack([item["video"] for item in items])
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+    return slug[:limit] or "prompt"
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_args(argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    return Trainer(config).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
