@@ -559,12 +559,9 @@ def describe_validation_error(error: ValidationError) -> str:
     message = message.removeprefix("Value error, ")
     if first.get("type") == "extra_forbidden":
         return f"--{location} is not a setting of the trainer"
-    if (
-        "input" in first
-        and first.get("type") not in ("missing",)
-        and not isinstance(first["input"], (dict, list))
-    ):
-        return f"--{location}: {message} (got {first['input']!r})"
+    value = first.get("input")
+    if value is not None and not isinstance(value, (dict, list)) and str(value) not in message:
+        return f"--{location}: {message} (got {value!r})"
     return f"--{location}: {message}"
 
 

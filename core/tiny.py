@@ -78,6 +78,12 @@ def build_tiny_pipeline(variant: str = "5b", seed: int = 0):
         temporal_compression_ratio=4,
         scaling_factor=_SCALING_FACTOR[variant],
     )
+    # A trained VAE's posterior is nearly deterministic; a random one's log-variance is near 0,
+    # which would bury each clip's latents in noise and leave nothing for a test to learn.
+    with torch.no_grad():
+        conv_out = vae.encoder.conv_out.conv
+        conv_out.weight[4:] *= 0.01
+        conv_out.bias[4:] = -12.0
     text_encoder = T5EncoderModel(
         T5Config(
             vocab_size=len(_tokenizer_vocab()),

@@ -119,7 +119,7 @@ class Trainer:
     # ---- the story of a run -----------------------------------------------------------------
 
     def run(self) -> int:
-        self._install_signal_handlers()
+        previous_handlers = self._install_signal_handlers()
         try:
             self.output_dir = prepare_output_dir(self.config)
             # Only the main process writes events; accelerate and torchrun set RANK for the rest.
@@ -151,6 +151,8 @@ class Trainer:
             message = self._describe_crash(error)
             return self._fail(message)
         finally:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
             self._end_trackers()
             if self.events is not None:
                 self.events.close()
@@ -774,7 +776,13 @@ class Trainer:
             for key, value in self.config.model_dump(mode="json").items()
         }
         flat = {key: ("" if value is None else value) for key, value in flat.items()}
-        self.accelerator.init_trackers(self.config.tracker_name, config=flat)
+        logging_dir = self.output_dir / self.config.logging_dir
+        logging_dir.mkdir(parents=True, exist_ok=True)
+        # wandb writes beside the run, not into whatever folder the trainer was started from.
+        init_kwargs = {"wandb": {"dir": str(logging_dir)}}
+        self.accelerator.init_trackers(
+            self.config.tracker_name, config=flat, init_kwargs=init_kwargs
+        )
 
     def _end_trackers(self) -> None:
         if getattr(self, "trackers_on", False):
@@ -793,15 +801,17 @@ class Trainer:
                     MAX_TEXT_TOKENS,
                 )
 
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self) -> dict:
         def request_stop(signum, _frame):
             if self.stop_signal is not None:  # a second signal: stop now, without saving
                 raise KeyboardInterrupt
             self.stop_signal = signum
             log.warning("Received %s: stopping after the current step", signal.Signals(signum).name)
 
+        previous = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, request_stop)
+            previous[signum] = signal.signal(signum, request_stop)
+        return previous
 
     def _check_stop(self) -> None:
         if self.stop_signal is not None:

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny checkpoints and generated clips, built once per test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# No test may reach a hub: a wrong path must fail at once, not retry as a Hub id for minutes.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """One tiny checkpoint per family: {"2b": path, "5b": path, "1.5": path}."""
+    from core.tiny import VARIANTS, build_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {variant: build_tiny_checkpoint(root / variant, variant) for variant in VARIANTS}
+
+
+@pytest.fixture(scope="session")
+def reference_dataset(tmp_path_factory) -> Path:
+    """Four 9-frame 32x32 clips in the reference layout (videos.txt + prompt.txt)."""
+    from core.data.synthetic import make_reference_dataset
+
+    return make_reference_dataset(tmp_path_factory.mktemp("dataset"), count=4)
+
+
+@pytest.fixture(scope="session")
+def subprocess_env() -> dict[str, str]:
+    """Environment for trainer subprocesses: this venv first on PATH, the repo importable."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
