@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -156,19 +157,28 @@ class TrainConfig(BaseModel):
 
     # -- dataset -------------------------------------------------------------------------------
     data_root: str = Field(
-        "", description="Folder holding the clips and captions.", json_schema_extra=_meta("dataset")
+        "",
+        description="Folder (or .zip) holding the clips and captions.",
+        json_schema_extra=_meta("dataset"),
+    )
+    dataset_layout: Literal["auto", "reference", "metadata", "pairs"] = Field(
+        "auto",
+        description="How captions are paired with clips: the reference's two files, a "
+        "metadata.csv/jsonl, or name.mp4 beside name.txt; auto tries them in that order.",
+        json_schema_extra=_meta("dataset", advanced=True),
     )
     video_column: str = Field(
         "videos.txt",
         min_length=1,
-        description="File under --data_root listing one clip path per line, relative to it.",
+        description="File under --data_root listing one clip path per line, relative to it "
+        "(or the file column of a metadata.csv).",
         json_schema_extra=_meta("dataset"),
     )
     caption_column: str = Field(
         "prompt.txt",
         min_length=1,
         description="File under --data_root holding one caption per line, in the order of "
-        "--video_column.",
+        "--video_column (or the caption column of a metadata.csv).",
         json_schema_extra=_meta("dataset"),
     )
     id_token: str | None = Field(
@@ -193,6 +203,13 @@ class TrainConfig(BaseModel):
     caption_dropout_technique: Literal["empty", "zero"] = Field(
         "empty",
         description="A dropped caption becomes the empty prompt's embedding or zeros.",
+        json_schema_extra=_meta("dataset", advanced=True),
+    )
+
+    cache_dir: str | None = Field(
+        None,
+        description="Where encoded clips and captions are kept between runs (default: the "
+        "workspace's cache when the app runs the job, else ~/.cache/cogvideox-studio).",
         json_schema_extra=_meta("dataset", advanced=True),
     )
 
@@ -468,6 +485,14 @@ class TrainConfig(BaseModel):
     def buckets(self) -> list[tuple[int, int, int]]:
         """`video_resolution_buckets` as (frames, height, width) tuples."""
         return [parse_bucket(text) for text in self.video_resolution_buckets]
+
+    @property
+    def cache_path(self) -> Path:
+        """The precompute cache folder this run uses."""
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base) / "cogvideox-studio"
 
     @property
     def output_path(self) -> Path:

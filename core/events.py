@@ -7,7 +7,6 @@ imports no torch: the web process reads events.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -42,6 +41,18 @@ class ConfigEvent(_Event):
     training_configuration: dict[str, Any]
     config: dict[str, Any]
     resumed_from_step: int = 0
+
+
+class DatasetEvent(_Event):
+    """What the run trains on: samples per bucket and every skipped file with its reason."""
+
+    kind: Literal["dataset"] = "dataset"
+    root: str
+    layout: str
+    samples: int
+    buckets: dict[str, int]
+    skipped: list[dict[str, str]]  # {"file", "reason"}
+    long_captions: list[str] = []  # files whose caption the text encoder cannot read whole
 
 
 class StageEvent(_Event):
@@ -109,6 +120,7 @@ class StoppedEvent(_Event):
 
 Event = Annotated[
     ConfigEvent
+    | DatasetEvent
     | StageEvent
     | ProgressEvent
     | StepEvent
@@ -166,7 +178,3 @@ def read_events(path: str | Path) -> list[Event]:
             if event is not None:
                 events.append(event)
     return events
-
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, sort_keys=True)

@@ -19,10 +19,11 @@ import signal
 import sys
 import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 
 from core.config import TrainConfig, parse_args
+from core.data.dataset import relative_name
 from core.errors import EXIT_FAILED, EXIT_USER_ERROR, UserError
 from core.events import (
     STAGE_AFTER_CONDITIONS,
@@ -33,6 +34,7 @@ from core.events import (
     STAGE_BEFORE_VALIDATION,
     CheckpointEvent,
     ConfigEvent,
+    DatasetEvent,
     DoneEvent,
     EventWriter,
     FailedEvent,
@@ -126,9 +128,9 @@ class Trainer:
             self.events = EventWriter(self.output_dir, enabled=os.environ.get("RANK", "0") == "0")
             self.check_inputs()
             self.setup_accelerator()
-            self.load_models()
             self.prepare_data()
             self.precompute_conditions()
+            self.load_transformer()
             self.setup_training()
             self.resume()
             self.train()
@@ -159,19 +161,14 @@ class Trainer:
 
     def check_inputs(self) -> None:
         """Everything that can be checked without loading a model; fails before writing."""
+        from core.checkpoints import resolve_resume
+        from core.config import nearest_valid_frames
         from core.data.dataset import prepare_samples
         from core.models import cogvideox as family
 
         config = self.config
         self.source = family.ModelSource(
             config.pretrained_model_name_or_path, config.revision, config.variant
-        )
-        self.prepared = prepare_samples(
-            config.data_root,
-            config.caption_column,
-            config.video_column,
-            config.buckets,
-            config.id_token,
         )
         family.check_source(self.source)
         if config.training_type == "full-finetune" and config.layerwise_upcasting_modules:
@@ -183,15 +180,12 @@ class Trainer:
         step = self.rules.frame_step
         for frames, height, width in config.buckets:
             if (frames - 1) % step:
-                from core.config import nearest_valid_frames
-
                 nearest = " or ".join(str(v) for v in nearest_valid_frames(frames, step))
                 raise UserError(
                     f"--video_resolution_buckets: {frames}x{height}x{width} has {frames} frames, "
                     f"but {self.rules.family} needs {step}k+1 frames; the nearest are {nearest}"
                 )
-        from core.checkpoints import resolve_resume
-
+        self.prepared = prepare_samples(config)
         self.resume_path = resolve_resume(self.output_dir, config.resume_from_checkpoint)
 
     def setup_accelerator(self) -> None:
@@ -236,78 +230,114 @@ class Trainer:
         }
         log.info("Process %d of %d on %s", rank + 1, self.accelerator.num_processes, self.device)
 
-    def load_models(self) -> None:
+    def prepare_data(self) -> None:
         from core.models import cogvideox as family
 
-        config = self.config
-        dtypes = family.DTYPES
-        self.emit(ProgressEvent(phase="loading model", done=0, total=4))
-        self.tokenizer = family.load_tokenizer(self.source)
-        self.text_encoder = family.load_text_encoder(self.source, dtypes[config.text_encoder_dtype])
-        self.vae = family.load_vae(
-            self.source, dtypes[config.vae_dtype], config.enable_slicing, config.enable_tiling
-        )
-        self.emit(ProgressEvent(phase="loading model", done=2, total=4))
-        self.transformer = family.load_transformer(self.source, dtypes[config.transformer_dtype])
-        self.scheduler = family.load_scheduler(self.source)
-        self.emit(ProgressEvent(phase="loading model", done=4, total=4))
-        if config.training_type == "lora":
-            family.lora_target_check(self.transformer, config.target_modules)
-        self.text_encoder.to(self.device)
-        self.vae.to(self.device)
-        self.transformer.to(self.device)
-
-    def prepare_data(self) -> None:
         for skipped in self.prepared.skipped:
             log.warning("Skipping %s: %s", skipped.path, skipped.reason)
         self.samples = self.prepared.samples
         log.info(
-            "Training on %d samples (%d skipped)", len(self.samples), len(self.prepared.skipped)
+            "Training on %d samples from %s (%s layout; %d files skipped)",
+            len(self.samples),
+            self.prepared.root,
+            self.prepared.layout,
+            len(self.prepared.skipped),
         )
-        self._check_caption_lengths()
+        self.tokenizer = family.load_tokenizer(self.source)
+        self.scheduler = family.load_scheduler(self.source)
+        root = self.prepared.root
+        long_captions = [
+            relative_name(sample.path, root)
+            for sample in self.samples
+            if family.count_prompt_tokens(self.tokenizer, sample.caption) > family.MAX_TEXT_TOKENS
+        ]
+        for name in long_captions:
+            log.warning(
+                "The caption of %s is longer than %d tokens; the text encoder reads its start",
+                name,
+                family.MAX_TEXT_TOKENS,
+            )
+        self.emit(
+            DatasetEvent(
+                root=str(root),
+                layout=self.prepared.layout,
+                samples=len(self.samples),
+                buckets=dict(Counter("x".join(map(str, s.bucket)) for s in self.samples)),
+                skipped=[
+                    {"file": relative_name(item.path, root), "reason": item.reason}
+                    for item in self.prepared.skipped
+                ],
+                long_captions=long_captions,
+            )
+        )
 
     def precompute_conditions(self) -> None:
-        """Prompt embeddings always once (validation needs them); latents too when asked."""
+        """Prompt embeddings always (validation needs them); clip latents too when asked.
+
+        Everything goes through the precompute cache, so a second run on the same data and
+        model loads neither encoder. The main process encodes first; other ranks then read
+        its entries.
+        """
         import torch
 
-        from core.memory import free_accelerator_memory
-        from core.models import cogvideox as family
+        from core.data.cache import PrecomputeCache
+        from core.data.precompute import Encoders, precompute_latents, precompute_prompts
 
         config = self.config
-        encode = lambda prompts: family.encode_prompts(  # noqa: E731
-            self.tokenizer, self.text_encoder, prompts, self.device
-        ).cpu()
-        self.empty_embed = encode([""])
-        self.validation_embeds = [encode([prompt]) for prompt in config.validation_prompts]
-        self.negative_embed = encode([config.validation_negative_prompt])
+        self.encoders = Encoders(
+            self.source,
+            self.tokenizer,
+            self.device,
+            config.text_encoder_dtype,
+            config.vae_dtype,
+            config.enable_slicing,
+            config.enable_tiling,
+        )
+        self.cache = PrecomputeCache(config.cache_path)
         self.cached_embeds = self.cached_latents = None
+        prompts = ["", config.validation_negative_prompt, *config.validation_prompts]
+        if config.precompute_conditions:
+            prompts += [sample.caption for sample in self.samples]
+        with self.accelerator.main_process_first():
+            embeds = precompute_prompts(
+                prompts, self.cache, self.encoders, self._progress, self._check_stop
+            )
+        self.empty_embed = embeds[""][None]
+        self.negative_embed = embeds[config.validation_negative_prompt][None]
+        self.validation_embeds = [embeds[prompt][None] for prompt in config.validation_prompts]
         if not config.precompute_conditions:
-            return
-        total = len(self.samples)
-        self.cached_embeds = []
-        for index, sample in enumerate(self.samples):
-            self._check_stop()
-            self.cached_embeds.append(encode([sample.caption])[0])
-            self.emit(ProgressEvent(phase="encoding prompts", done=index + 1, total=total))
+            return  # captions and clips are encoded at every step; the encoders stay loaded
+        self.cached_embeds = [embeds[sample.caption] for sample in self.samples]
         # The text encoder is done for the whole run: drop it before the VAE works.
-        self.text_encoder = None
-        free_accelerator_memory(self.device)
+        self.encoders.drop_text_encoder()
         self.emit_stage(STAGE_AFTER_CONDITIONS)
-        from core.data.dataset import load_clip
-
-        self.cached_latents = []
-        for index, sample in enumerate(self.samples):
-            self._check_stop()
-            video = load_clip(sample).unsqueeze(0)
-            self.cached_latents.append(family.encode_videos(self.vae, video)[0].cpu())
-            self.emit(ProgressEvent(phase="encoding clips", done=index + 1, total=total))
-        # The VAE only decodes validation videos from here on: keep it off the accelerator.
-        self.vae.to("cpu")
-        free_accelerator_memory(self.device)
+        with self.accelerator.main_process_first():
+            self.cached_latents = precompute_latents(
+                self.samples, self.cache, self.encoders, self._progress, self._check_stop
+            )
+        self.encoders.park_vae()
         if config.pin_memory and torch.cuda.is_available():
             self.cached_latents = [t.pin_memory() for t in self.cached_latents]
             self.cached_embeds = [t.pin_memory() for t in self.cached_embeds]
+        log.info(
+            "Precompute cache %s: %d entries read, %d encoded (%d damaged ones among them)",
+            self.cache.root,
+            self.cache.hits,
+            self.cache.misses,
+            self.cache.repaired,
+        )
         self.emit_stage(STAGE_AFTER_LATENTS)
+
+    def load_transformer(self) -> None:
+        from core.models import cogvideox as family
+
+        config = self.config
+        self.emit(ProgressEvent(phase="loading transformer", done=0, total=1))
+        transformer = family.load_transformer(self.source, family.DTYPES[config.transformer_dtype])
+        if config.training_type == "lora":
+            family.lora_target_check(transformer, config.target_modules)
+        self.transformer = transformer.to(self.device)
+        self.emit(ProgressEvent(phase="loading transformer", done=1, total=1))
 
     def setup_training(self) -> None:
         import torch
@@ -564,9 +594,11 @@ class Trainer:
             parameters = parameters.to(self.device, non_blocking=True)
             embeds = embeds.to(self.device, non_blocking=True)
         else:
-            parameters = family.encode_videos(self.vae, videos)
+            parameters = family.encode_videos(self.encoders.vae, videos)
             captions = [self.samples[i].caption for i in indices]
-            embeds = family.encode_prompts(self.tokenizer, self.text_encoder, captions, self.device)
+            embeds = family.encode_prompts(
+                self.tokenizer, self.encoders.text_encoder, captions, self.device
+            )
         embeds = self._drop_captions(embeds)
         latents = family.sample_latents(parameters, self.rules, noise_gen)
         return family.training_loss(
@@ -712,9 +744,9 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         transformer = self.accelerator.unwrap_model(self.transformer)
         transformer.eval()
-        self.vae.to(self.device)
+        vae = self.encoders.vae_on(self.device)
         pipeline = family.make_pipeline(
-            transformer, self.vae, CogVideoXDPMScheduler.from_config(self.scheduler.config)
+            transformer, vae, CogVideoXDPMScheduler.from_config(self.scheduler.config)
         )
         pipeline.set_progress_bar_config(disable=True)
         files = []
@@ -742,7 +774,7 @@ class Trainer:
         finally:
             transformer.train()
             if self.cached_latents is not None:
-                self.vae.to("cpu")
+                self.encoders.park_vae()
             free_accelerator_memory(self.device)
         self.emit(ValidationEvent(step=step, files=files, prompts=config.validation_prompts))
         self.emit_stage(STAGE_AFTER_VALIDATION)
@@ -759,6 +791,9 @@ class Trainer:
     def emit(self, event) -> None:
         if self.events is not None:
             self.events.emit(event)
+
+    def _progress(self, phase: str, done: int, total: int) -> None:
+        self.emit(ProgressEvent(phase=phase, done=done, total=total))
 
     def emit_stage(self, stage: str) -> None:
         from core.memory import memory_snapshot
@@ -787,19 +822,6 @@ class Trainer:
     def _end_trackers(self) -> None:
         if getattr(self, "trackers_on", False):
             self.accelerator.end_training()
-
-    def _check_caption_lengths(self) -> None:
-        from core.models.cogvideox import MAX_TEXT_TOKENS, count_prompt_tokens
-
-        for sample in self.samples:
-            tokens = count_prompt_tokens(self.tokenizer, sample.caption)
-            if tokens > MAX_TEXT_TOKENS:
-                log.warning(
-                    "The caption of %s has %d tokens; the text encoder reads the first %d",
-                    sample.path.name,
-                    tokens,
-                    MAX_TEXT_TOKENS,
-                )
 
     def _install_signal_handlers(self) -> dict:
         def request_stop(signum, _frame):

@@ -1,19 +1,23 @@
-"""From a dataset folder to training samples and per-epoch batches.
+"""From a dataset folder (or zip) to training samples and per-epoch batches.
 
-`prepare_samples` reads the layout, probes every clip and assigns it a bucket, keeping a reason
-for every file it skips. `epoch_batches` gives the deterministic batch order of one epoch (one
-bucket per batch), so a resumed run sees exactly the batches the uninterrupted run would have.
+`prepare_samples` finds the (file, caption) pairs, probes every file, drops duplicates and gives
+each sample a bucket, keeping a reason for every file it skips. `epoch_batches` gives the
+deterministic batch order of one epoch (one bucket per batch), so a resumed run sees exactly the
+batches the uninterrupted run would have. Nothing here imports torch at module level: the web
+process builds dataset reports with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.data.buckets import Bucket, choose_bucket, frame_indices, to_training_tensor
-from core.data.reference import RawSample, read_reference_layout
-from core.data.video import MediaInfo, UnreadableMedia, probe, read_frames
+from core.data.buckets import Bucket, choose_bucket, frame_indices
+from core.data.digest import DigestMemo
+from core.data.discover import RawSample, Skipped, discover
+from core.data.video import MediaInfo, UnreadableMedia, is_image, probe, read_frames
 from core.errors import UserError
 
 
@@ -24,101 +28,142 @@ class Sample:
     bucket: Bucket
     indices: tuple[int, ...]
     info: MediaInfo
-
-
-@dataclass(frozen=True)
-class Skipped:
-    path: Path
-    reason: str
+    digest: str
+    source: str
 
 
 @dataclass
 class PreparedSamples:
+    root: Path
+    layout: str
     samples: list[Sample] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+
+
+def relative_name(path: Path, root: Path) -> str:
+    """A file's name relative to the dataset folder, for reports."""
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def clean_caption(caption: str, id_token: str | None) -> str:
     """Whitespace collapsed, and the trigger word in front when one is set."""
     text = " ".join(caption.split())
-    if id_token:
-        text = f"{id_token} {text}".strip()
+    if id_token and text:
+        text = f"{id_token} {text}"
     return text
 
 
-def assign(raw: list[RawSample], buckets: list[Bucket], id_token: str | None) -> PreparedSamples:
+def image_buckets(buckets: list[Bucket]) -> list[Bucket]:
+    """Images train as one-frame samples at the resolutions of the video buckets."""
+    return sorted({(1, height, width) for _, height, width in buckets})
+
+
+def assign(
+    raw: list[RawSample], buckets: list[Bucket], id_token: str | None, memo: DigestMemo
+) -> tuple[list[Sample], list[Skipped]]:
     """Probe each file and give it a bucket; unusable files are skipped with a reason."""
-    prepared = PreparedSamples()
+    samples: list[Sample] = []
+    skipped: list[Skipped] = []
+    seen: dict[str, Path] = {}
+    shortest = min(bucket[0] for bucket in buckets)
     for item in raw:
-        if not item.caption.strip():
-            prepared.skipped.append(Skipped(item.path, "empty caption"))
+        caption = clean_caption(item.caption, None)
+        if not caption:
+            skipped.append(Skipped(item.path, "empty caption"))
             continue
         try:
             info = probe(item.path)
         except UnreadableMedia as error:
-            prepared.skipped.append(Skipped(item.path, str(error)))
+            skipped.append(Skipped(item.path, f"unreadable: {error}"))
             continue
-        bucket = choose_bucket(info.frames, info.height, info.width, buckets)
+        digest = memo.digest(item.path)
+        if digest in seen:
+            skipped.append(Skipped(item.path, f"duplicate content of {seen[digest].name}"))
+            continue
+        seen[digest] = item.path
+        choices = image_buckets(buckets) if is_image(item.path) else buckets
+        bucket = choose_bucket(info.frames, info.height, info.width, choices)
         if bucket is None:
-            shortest = min(b[0] for b in buckets)
-            prepared.skipped.append(
+            skipped.append(
                 Skipped(
                     item.path,
                     f"too short: {info.frames} frames, and the shortest bucket needs {shortest}",
                 )
             )
             continue
-        prepared.samples.append(
+        samples.append(
             Sample(
                 path=item.path,
-                caption=clean_caption(item.caption, id_token),
+                caption=clean_caption(caption, id_token),
                 bucket=bucket,
                 indices=tuple(frame_indices(info.frames, bucket[0])),
                 info=info,
+                digest=digest,
+                source=item.source,
             )
         )
-    return prepared
+    return samples, skipped
 
 
-def prepare_samples(
-    data_root: str,
-    caption_column: str,
-    video_column: str,
-    buckets: list[Bucket],
-    id_token: str | None,
-) -> PreparedSamples:
-    """The samples a run trains on; a UserError when there are none, naming the first reason."""
+def dataset_root(data_root: str, cache_dir: Path) -> Path:
+    """The folder to read: --data_root itself, or a zip's contents extracted into the cache."""
     if not data_root:
         raise UserError("--data_root is missing: name the folder that holds your clips")
     root = Path(data_root).expanduser()
+    if root.is_file() and root.suffix.lower() == ".zip":
+        from core.data.archive import open_dataset_zip
+
+        return open_dataset_zip(root, cache_dir)
     if not root.is_dir():
         raise UserError(f"--data_root: the folder {root} does not exist")
-    raw = read_reference_layout(root, caption_column, video_column)
-    if not raw:
-        raise UserError(
-            f"--data_root: the dataset in {root} is empty ({caption_column} and {video_column} "
-            "list no clips)"
-        )
-    prepared = assign(raw, buckets, id_token)
-    if not prepared.samples:
+    return root
+
+
+def prepare_samples(config, require_samples: bool = True) -> PreparedSamples:
+    """The samples a run of `config` (a TrainConfig) trains on, and what it skips and why.
+
+    With `require_samples`, a dataset with nothing usable is a UserError naming the first
+    reason; the report passes False to describe such a folder instead.
+    """
+    cache_dir = config.cache_path
+    root = dataset_root(config.data_root, cache_dir)
+    found = discover(root, config.dataset_layout, config.caption_column, config.video_column)
+    memo = DigestMemo(cache_dir)
+    samples, skipped = assign(found.samples, config.buckets, config.id_token, memo)
+    with contextlib.suppress(OSError):  # an unwritable cache only costs re-hashing next time
+        memo.save()
+    prepared = PreparedSamples(
+        root=root, layout=found.layout, samples=samples, skipped=found.skipped + skipped
+    )
+    if require_samples and not samples:
+        if not found.samples and not found.skipped:
+            raise UserError(
+                f"--data_root: the dataset in {root} is empty (no clips or images "
+                f"with captions found in the {found.layout} layout)"
+            )
         first = prepared.skipped[0]
-        shapes = " ".join(f"{f}x{h}x{w}" for f, h, w in buckets)
+        shapes = " ".join(config.video_resolution_buckets)
         raise UserError(
-            f"--data_root: none of the {len(raw)} files in {root} can be trained on with buckets "
-            f"{shapes}; {first.path.name}: {first.reason}"
+            f"--data_root: nothing in {root} can be trained on with buckets {shapes}; "
+            f"{len(prepared.skipped)} files skipped, the first, {first.path.name}: {first.reason}"
         )
     return prepared
 
 
 def load_clip(sample: Sample):
     """The sample's frames as a float tensor [F, 3, H, W] in [-1, 1], at its bucket's shape."""
+    from core.data.buckets import to_training_tensor
+
     frames = read_frames(sample.path, list(sample.indices))
     _, height, width = sample.bucket
     return to_training_tensor(frames, height, width)
 
 
 class ClipDataset:
-    """Map-style dataset (torch DataLoader compatible) of decoded clips and their captions."""
+    """Map-style dataset (torch DataLoader compatible) of decoded clips."""
 
     def __init__(self, samples: list[Sample]):
         self.samples = samples

@@ -1,0 +1,212 @@
+"""Finding the (file, caption) pairs of a dataset folder, whatever layout it arrives in.
+
+Layouts, tried in this order by `auto` (or named by `--dataset_layout`):
+- `reference`: the guide's `--caption_column` file (one caption a line) and `--video_column` file
+  (one path a line, relative to `--data_root`);
+- `metadata`: `metadata.csv` or `metadata.jsonl` with a file column and a caption column;
+- `pairs`: `name.mp4` (or any clip or image) beside `name.txt`, nested folders allowed.
+Images (jpg, png, webp) count as one-frame samples in every layout. Paths that resolve outside
+the dataset folder (`..`, absolute paths, links) are refused: dataset folders may come from
+uploads.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.data.video import is_media
+from core.errors import UserError
+
+LAYOUTS = ("auto", "reference", "metadata", "pairs")
+METADATA_FILES = ("metadata.csv", "metadata.jsonl")
+FILE_COLUMNS = ("file_name", "filename", "file", "video", "path", "image", "media")
+CAPTION_COLUMNS = ("caption", "text", "prompt", "description")
+_IGNORED_DIRS = {"__MACOSX", ".cache", ".git"}
+
+
+@dataclass(frozen=True)
+class RawSample:
+    """A clip (or image) file and its caption, before any decoding."""
+
+    path: Path
+    caption: str
+    source: str  # where the pairing came from, for reports: "videos.txt line 3"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: Path
+    reason: str
+
+
+@dataclass
+class Discovery:
+    layout: str
+    root: Path
+    samples: list[RawSample] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def discover(
+    root: Path,
+    layout: str = "auto",
+    caption_column: str = "prompt.txt",
+    video_column: str = "videos.txt",
+) -> Discovery:
+    """The dataset in `root` under the named layout (`auto` picks the first that applies)."""
+    if layout == "auto":
+        if (root / caption_column).is_file() and (root / video_column).is_file():
+            layout = "reference"
+        elif any((root / name).is_file() for name in METADATA_FILES):
+            layout = "metadata"
+        else:
+            layout = "pairs"
+    if layout == "reference":
+        return _reference(root, caption_column, video_column)
+    if layout == "metadata":
+        return _metadata(root, caption_column, video_column)
+    return _pairs(root, reserved={caption_column, video_column})
+
+
+def _inside(root: Path, relative: str) -> Path | None:
+    """`root / relative`, resolved, or None when it would leave root."""
+    if not relative or Path(relative).is_absolute():
+        return None
+    path = (root / relative).resolve()
+    return path if path.is_relative_to(root.resolve()) else None
+
+
+def _read_lines(path: Path, flag: str) -> list[str]:
+    if not path.is_file():
+        raise UserError(f"{flag}: {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{flag}: {path} is not UTF-8 text") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _reference(root: Path, caption_column: str, video_column: str) -> Discovery:
+    captions = _read_lines(root / caption_column, "--caption_column")
+    videos = _read_lines(root / video_column, "--video_column")
+    if len(captions) != len(videos):
+        raise UserError(
+            f"--caption_column: {caption_column} has {len(captions)} captions but {video_column} "
+            f"lists {len(videos)} clips; they must match line for line"
+        )
+    found = Discovery("reference", root)
+    for line, (caption, relative) in enumerate(zip(captions, videos, strict=True), start=1):
+        path = _inside(root, relative)
+        if path is None:
+            found.skipped.append(
+                Skipped(
+                    root / relative, f"{video_column} line {line} points outside the dataset folder"
+                )
+            )
+            continue
+        found.samples.append(RawSample(path, caption, f"{video_column} line {line}"))
+    return found
+
+
+def _metadata_rows(path: Path) -> list[dict]:
+    try:
+        if path.suffix == ".csv":
+            with open(path, newline="", encoding="utf-8-sig") as handle:
+                return list(csv.DictReader(handle))
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+            if line.strip():
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError(f"line {number} is not a JSON object")
+                rows.append(row)
+        return rows
+    except (UnicodeDecodeError, ValueError, csv.Error) as error:
+        raise UserError(f"--data_root: {path.name} cannot be read ({error})") from None
+
+
+def _pick_column(
+    columns: list[str], preferred: str, known: tuple[str, ...], what: str, path: Path
+) -> str:
+    if preferred in columns:
+        return preferred
+    for name in known:
+        if name in columns:
+            return name
+    raise UserError(
+        f"--data_root: {path.name} has no {what} column (columns: {', '.join(columns) or 'none'}"
+        f"; expected one of {', '.join(known)})"
+    )
+
+
+def _metadata(root: Path, caption_column: str, video_column: str) -> Discovery:
+    path = next((root / name for name in METADATA_FILES if (root / name).is_file()), None)
+    if path is None:
+        raise UserError(f"--dataset_layout metadata: {root} has no metadata.csv or metadata.jsonl")
+    rows = _metadata_rows(path)
+    found = Discovery("metadata", root)
+    if not rows:
+        return found
+    columns = list(rows[0].keys())
+    file_column = _pick_column(columns, video_column, FILE_COLUMNS, "file", path)
+    text_column = _pick_column(columns, caption_column, CAPTION_COLUMNS, "caption", path)
+    for number, row in enumerate(rows, start=1):
+        relative = str(row.get(file_column) or "").strip()
+        media = _inside(root, relative)
+        if media is None:
+            found.skipped.append(
+                Skipped(
+                    root / relative, f"{path.name} row {number} points outside the dataset folder"
+                )
+            )
+            continue
+        caption = str(row.get(text_column) or "")
+        found.samples.append(RawSample(media, caption, f"{path.name} row {number}"))
+    return found
+
+
+def _pairs(root: Path, reserved: set[str]) -> Discovery:
+    found = Discovery("pairs", root)
+    resolved_root = root.resolve()
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if any(part.startswith(".") or part in _IGNORED_DIRS for part in relative.parts):
+            continue
+        if path.is_dir():
+            continue
+        if path.is_symlink() and not path.resolve().is_relative_to(resolved_root):
+            found.skipped.append(Skipped(path, "a link that points outside the dataset folder"))
+            continue
+        suffix = path.suffix.lower()
+        if suffix == ".txt":
+            if str(relative) in reserved:
+                continue
+            if not any(
+                sibling.is_file() and is_media(sibling)
+                for sibling in path.parent.glob(f"{_glob_escape(path.stem)}.*")
+            ):
+                found.skipped.append(Skipped(path, "a caption file without a clip beside it"))
+            continue
+        if not is_media(path):
+            found.skipped.append(Skipped(path, f"unsupported type ({suffix or 'no extension'})"))
+            continue
+        caption_file = path.with_suffix(".txt")
+        if not caption_file.is_file():
+            found.skipped.append(
+                Skipped(path, f"no caption (expected {caption_file.name} beside it)")
+            )
+            continue
+        try:
+            caption = caption_file.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            found.skipped.append(Skipped(path, f"{caption_file.name} is not UTF-8 text"))
+            continue
+        found.samples.append(RawSample(path.resolve(), caption, str(relative)))
+    return found
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{char}]" if char in "*?[" else char for char in text)

@@ -1,0 +1,146 @@
+"""Encoding captions and clips once, through the precompute cache.
+
+The text encoder and the VAE are loaded only when an entry is missing from the cache, one at a
+time, and let go as soon as their part is done, so the transformer trains with neither in GPU
+memory. A run whose entries are all cached loads no encoder at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from core.data.cache import PrecomputeCache, cache_key, component_identity
+from core.data.dataset import Sample, load_clip
+from core.memory import free_accelerator_memory
+from core.models import cogvideox as family
+
+Progress = Callable[[str, int, int], None]
+
+
+class Encoders:
+    """The text encoder and VAE of a base model, loaded on first use."""
+
+    def __init__(
+        self,
+        source: family.ModelSource,
+        tokenizer,
+        device: torch.device,
+        text_encoder_dtype: str,
+        vae_dtype: str,
+        slicing: bool,
+        tiling: bool,
+    ):
+        self.source = source
+        self.tokenizer = tokenizer
+        self.device = device
+        self.text_encoder_dtype = text_encoder_dtype
+        self.vae_dtype = vae_dtype
+        self.slicing = slicing
+        self.tiling = tiling
+        self._text_encoder = None
+        self._vae = None
+        self.loads = {"text_encoder": 0, "vae": 0}
+
+    @property
+    def text_encoder(self):
+        if self._text_encoder is None:
+            self._text_encoder = family.load_text_encoder(
+                self.source, family.DTYPES[self.text_encoder_dtype]
+            ).to(self.device)
+            self.loads["text_encoder"] += 1
+        return self._text_encoder
+
+    @property
+    def vae(self):
+        if self._vae is None:
+            self._vae = family.load_vae(
+                self.source, family.DTYPES[self.vae_dtype], self.slicing, self.tiling
+            ).to(self.device)
+            self.loads["vae"] += 1
+        return self._vae
+
+    def vae_on(self, device: torch.device):
+        """The VAE moved to `device` (it waits on the CPU between validations)."""
+        return self.vae.to(device)
+
+    def drop_text_encoder(self) -> None:
+        self._text_encoder = None
+        free_accelerator_memory(self.device)
+
+    def park_vae(self) -> None:
+        """Move a loaded VAE off the accelerator; it only decodes validation videos from now."""
+        if self._vae is not None:
+            self._vae.to("cpu")
+        free_accelerator_memory(self.device)
+
+    def prompt_identity(self) -> dict:
+        folder = family.component_folder(self.source, "text_encoder")
+        return {
+            "text_encoder": component_identity(folder),
+            "dtype": self.text_encoder_dtype,
+            "tokens": family.MAX_TEXT_TOKENS,
+        }
+
+    def latent_identity(self) -> dict:
+        folder = family.component_folder(self.source, "vae")
+        # Tiling changes what the encoder computes at tile seams; slicing does not.
+        return {"vae": component_identity(folder), "dtype": self.vae_dtype, "tiling": self.tiling}
+
+
+def precompute_prompts(
+    prompts: list[str],
+    cache: PrecomputeCache,
+    encoders: Encoders,
+    progress: Progress,
+    check_stop: Callable[[], None],
+) -> dict[str, torch.Tensor]:
+    """Embedding [226, D] of each distinct prompt, from the cache or encoded and cached."""
+    identity = encoders.prompt_identity()
+    embeds: dict[str, torch.Tensor] = {}
+    distinct = list(dict.fromkeys(prompts))
+    progress("encoding prompts", 0, len(distinct))
+    for index, prompt in enumerate(distinct):
+        check_stop()
+        key = cache_key("prompt", text=prompt, **identity)
+        entry = cache.load(key)
+        if entry is None:
+            encoded = family.encode_prompts(
+                encoders.tokenizer, encoders.text_encoder, [prompt], encoders.device
+            )[0]
+            entry = {"embeds": encoded.cpu()}
+            cache.save(key, entry)
+        embeds[prompt] = entry["embeds"]
+        progress("encoding prompts", index + 1, len(distinct))
+    return embeds
+
+
+def precompute_latents(
+    samples: list[Sample],
+    cache: PrecomputeCache,
+    encoders: Encoders,
+    progress: Progress,
+    check_stop: Callable[[], None],
+) -> list[torch.Tensor]:
+    """Latent distribution parameters of each sample, from the cache or encoded and cached."""
+    identity = encoders.latent_identity()
+    latents = []
+    progress("encoding clips", 0, len(samples))
+    for index, sample in enumerate(samples):
+        check_stop()
+        key = cache_key(
+            "latents",
+            content=sample.digest,
+            bucket=list(sample.bucket),
+            frames=list(sample.indices),
+            **identity,
+        )
+        entry = cache.load(key)
+        if entry is None:
+            video = load_clip(sample).unsqueeze(0)
+            entry = {"parameters": family.encode_videos(encoders.vae, video)[0].cpu()}
+            cache.save(key, entry)
+        latents.append(entry["parameters"])
+        progress("encoding clips", index + 1, len(samples))
+    return latents

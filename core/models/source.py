@@ -1,0 +1,81 @@
+"""Where a base model's files come from: a local diffusers folder or a Hub id. Torch-free.
+
+The dataset report and the web process use this to check a model name and read component
+configs without importing torch; `core.models.cogvideox` loads the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import UserError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A base model: a local diffusers folder or a Hub id (downloaded into the HF cache)."""
+
+    name: str
+    revision: str | None = None
+    variant: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.name).expanduser().is_dir()
+
+    @property
+    def location(self) -> str:
+        return str(Path(self.name).expanduser()) if self.is_local else self.name
+
+    def kwargs(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.revision:
+            extra["revision"] = self.revision
+        if self.variant:
+            extra["variant"] = self.variant
+        return extra
+
+
+def check_source(source: ModelSource) -> None:
+    """Refuse a base model that can't exist before anything is loaded (one sentence)."""
+    flag = "--pretrained_model_name_or_path"
+    path = Path(source.name).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file() and not (path / "transformer").is_dir():
+            raise UserError(
+                f"{flag}: {path} is not a diffusers CogVideoX folder (it has no model_index.json)"
+            )
+        return
+    if path.exists():
+        raise UserError(f"{flag}: {path} is a file; name the model's folder or a Hub id")
+    if not _HUB_ID.match(source.name) or source.name.startswith((".", "/", "~")):
+        raise UserError(f"{flag}: the model folder {path} does not exist")
+
+
+def read_component_config(source: ModelSource, component: str) -> dict[str, Any]:
+    """A component's config.json, without loading its weights."""
+    if source.is_local:
+        config_path = Path(source.location) / component / "config.json"
+        if not config_path.is_file():
+            raise UserError(
+                f"--pretrained_model_name_or_path: {source.location} has no {component}/config.json"
+            )
+        return json.loads(config_path.read_text())
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(
+            source.name, "config.json", subfolder=component, revision=source.revision
+        )
+    except Exception as error:  # the hub client raises many types; all mean "can't fetch"
+        raise UserError(
+            f"--pretrained_model_name_or_path: could not fetch {source.name} from the Hub "
+            f"({type(error).__name__}); check the id, your network and HF_TOKEN"
+        ) from None
+    return json.loads(Path(path).read_text())
