@@ -579,7 +579,10 @@ def build_parser(prog: str = "python -m core.train") -> argparse.ArgumentParser:
 def describe_validation_error(error: ValidationError) -> str:
     """The first problem of a pydantic error as one sentence naming the flag."""
     first = error.errors()[0]
-    location = ".".join(str(part) for part in first.get("loc", ()) if not isinstance(part, int))
+    parts = [str(part) for part in first.get("loc", ()) if not isinstance(part, int)]
+    if len(parts) > 1 and parts[0] == "train":  # a job spec's trainer settings: name the flag
+        parts = parts[1:]
+    location = ".".join(parts)
     message = first.get("msg", "invalid value")
     message = message.removeprefix("Value error, ")
     if first.get("type") == "extra_forbidden":

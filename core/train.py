@@ -53,6 +53,18 @@ CONFIG_FILE = "train_config.json"
 VALIDATION_DIR = "validation"
 
 
+# Test-only fault switch, so the jobs layer's handling of real failures can be proven with real
+# processes: "oom" raises CUDA's out-of-memory error at the first step; "kill_in_checkpoint:N"
+# kills the process with SIGKILL halfway through writing the checkpoint of step N.
+FAULT_ENV = "COGVIDEOX_STUDIO_FAULT"
+
+
+def _fault(name: str) -> str | None:
+    value = os.environ.get(FAULT_ENV, "")
+    kind, _, argument = value.partition(":")
+    return argument or "" if kind == name else None
+
+
 class StopRequested(Exception):
     """SIGINT or SIGTERM arrived: finish the step, checkpoint, report `stopped`."""
 
@@ -456,6 +468,10 @@ class Trainer:
             loss_sum = torch.zeros((), device=self.device)
             samples = 0
             grad_norm = None
+            if _fault("oom") is not None:
+                raise torch.cuda.OutOfMemoryError(
+                    f"CUDA out of memory. Tried to allocate 20.00 GiB (injected by {FAULT_ENV})"
+                )
             for _ in range(config.gradient_accumulation_steps):
                 indices, videos = next(stream)
                 with accelerator.accumulate(self.transformer):
@@ -657,6 +673,8 @@ class Trainer:
             shutil.rmtree(staging, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(staging))
+        if _fault("kill_in_checkpoint") == str(step):
+            os.kill(os.getpid(), signal.SIGKILL)
         self.accelerator.wait_for_everyone()
         final = staging
         if self.is_main:

@@ -1,0 +1,120 @@
+"""`JobSpec`: a training run as the app and the CLI submit it.
+
+A job spec is a `TrainConfig` plus what the trainer itself does not decide: a name, the kind of
+job, the GPUs it runs on and how accelerate launches it. Its JSON form is what `spec.json` holds:
+`{"name", "kind", "gpu_ids", "launch": {...}, "train": {TrainConfig fields by flag name}}`; the
+trainer reads the "train" part of the same file (`--config spec.json`).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.config import TrainConfig, to_argv
+
+SPEC_FILE = "spec.json"
+
+
+class LaunchSettings(BaseModel):
+    """How `accelerate launch` starts the trainer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_processes: int | None = Field(
+        None, ge=1, description="Processes on this machine (default: one per GPU, or one)."
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="accelerate's autocast; the trainer's dtypes already set precision."
+    )
+    config_file: str | None = Field(
+        None, description="An accelerate config (DDP, DeepSpeed, FSDP) to launch with."
+    )
+    num_machines: int = Field(1, ge=1, description="Machines taking part in the run.")
+    machine_rank: int = Field(0, ge=0, description="This machine's rank among them.")
+    main_process_ip: str | None = Field(None, description="Address of the rank-0 machine.")
+    main_process_port: int | None = Field(
+        None, ge=1, le=65535, description="Port of the rank-0 machine."
+    )
+
+
+class JobSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("run", min_length=1, max_length=120)
+    kind: Literal["train"] = "train"
+    gpu_ids: list[int] = Field(
+        default_factory=list, description="GPU indices to run on; empty means the CPU."
+    )
+    launch: LaunchSettings = Field(default_factory=LaunchSettings)
+    train: TrainConfig
+
+    @field_validator("gpu_ids")
+    @classmethod
+    def _distinct_gpus(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value) or any(gpu < 0 for gpu in value):
+            raise ValueError("GPU ids must be distinct and not negative")
+        return sorted(value)
+
+    @property
+    def processes(self) -> int:
+        return self.launch.num_processes or max(1, len(self.gpu_ids))
+
+    def launch_argv(self) -> list[str]:
+        """`accelerate launch` and its flags, up to the module it runs."""
+        launch = self.launch
+        argv = [accelerate_executable(), "launch"]
+        if launch.config_file:
+            argv += ["--config_file", launch.config_file]
+        argv += [
+            "--num_processes",
+            str(self.processes),
+            "--num_machines",
+            str(launch.num_machines),
+            "--mixed_precision",
+            launch.mixed_precision,
+            "--dynamo_backend",
+            "no",
+        ]
+        if self.gpu_ids:
+            argv += ["--gpu_ids", ",".join(map(str, self.gpu_ids))]
+        else:
+            argv += ["--cpu", "--num_cpu_threads_per_process", str(os.cpu_count() or 1)]
+        if self.processes > 1 and not launch.config_file:
+            argv += ["--multi_gpu"]
+        if launch.num_machines > 1:
+            argv += ["--machine_rank", str(launch.machine_rank)]
+            if launch.main_process_ip:
+                argv += ["--main_process_ip", launch.main_process_ip]
+            if launch.main_process_port:
+                argv += ["--main_process_port", str(launch.main_process_port)]
+        return argv
+
+    def to_argv(self, spec_path: str | Path | None = None) -> list[str]:
+        """The exact command the runner starts: the trainer reads this spec from spec_path.
+
+        Without a path, the trainer's settings are spelled out as flags instead: the same run,
+        as a user would type it.
+        """
+        if spec_path is not None:
+            return [*self.launch_argv(), "-m", "core.train", "--config", str(spec_path)]
+        return [*self.launch_argv(), "-m", "core.train", *to_argv(self.train)]
+
+    def show_command(self, spec_path: str | Path | None = None) -> str:
+        argv = self.to_argv(spec_path)
+        argv[0] = "accelerate"
+        return shlex.join(argv)
+
+
+def accelerate_executable() -> str:
+    """The accelerate CLI of this environment (the venv's, when the app runs from one)."""
+    beside = Path(sys.executable).with_name("accelerate")
+    if beside.is_file():
+        return str(beside)
+    return shutil.which("accelerate") or "accelerate"
