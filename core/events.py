@@ -118,6 +118,31 @@ class StoppedEvent(_Event):
     checkpoint: str | None = None
 
 
+class PreviewEvent(_Event):
+    """An inference preview request's progress (written by the warm preview worker)."""
+
+    kind: Literal["preview"] = "preview"
+    request_id: str
+    status: Literal["started", "loading", "generating", "done", "failed"]
+    files: list[str] = []  # relative to the worker's folder
+    message: str | None = None
+    seconds: float | None = None  # request received to files written
+    first_step_seconds: float | None = None  # request received to the first denoising step
+    base_loads: int = 0  # how many times this worker has loaded a base pipeline so far
+
+
+class PushEvent(_Event):
+    """Progress of a push to the Hugging Face Hub."""
+
+    kind: Literal["push"] = "push"
+    repo_id: str
+    phase: Literal["creating repo", "uploading", "done", "failed"]
+    done: int = 0
+    total: int = 0
+    url: str | None = None
+    message: str | None = None
+
+
 Event = Annotated[
     ConfigEvent
     | DatasetEvent
@@ -128,7 +153,9 @@ Event = Annotated[
     | CheckpointEvent
     | DoneEvent
     | FailedEvent
-    | StoppedEvent,
+    | StoppedEvent
+    | PreviewEvent
+    | PushEvent,
     Field(discriminator="kind"),
 ]
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

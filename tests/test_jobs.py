@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,9 +26,15 @@ LONG = 100_000  # steps of a run that only ends when a test ends it
 
 def make_spec(models, dataset, name="run", gpu_ids=(), **train) -> JobSpec:
     settings = {
-        "pretrained_model_name_or_path": str(models["5b"]), "data_root": str(dataset),
-        "video_resolution_buckets": ["9x32x32"], "precompute_conditions": True,
-        "train_steps": 6, "checkpointing_steps": 1000, "seed": 0, "rank": 4, "lora_alpha": 4,
+        "pretrained_model_name_or_path": str(models["5b"]),
+        "data_root": str(dataset),
+        "video_resolution_buckets": ["9x32x32"],
+        "precompute_conditions": True,
+        "train_steps": 6,
+        "checkpointing_steps": 1000,
+        "seed": 0,
+        "rank": 4,
+        "lora_alpha": 4,
         **train,
     }
     return JobSpec(name=name, gpu_ids=list(gpu_ids), train=settings)
@@ -56,10 +63,8 @@ def runner(tmp_path):
     yield runner
     for job in runner.store.list(ACTIVE):  # never leave a run behind a failed test
         if job.pgid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(job.pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def test_queue_lifecycle_disjoint_gpus_run_together_and_a_busy_gpu_waits(
@@ -100,13 +105,18 @@ def test_the_run_outlives_the_app_that_started_it(tiny_models, reference_dataset
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(spec.model_dump_json())
     app = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\n"
-         "from jobs.runner import Runner\nfrom jobs.spec import JobSpec\n"
-         f"runner = Runner({str(workspace)!r})\n"
-         f"job = runner.submit(JobSpec.model_validate_json(open({str(spec_path)!r}).read()))\n"
-         "print(job.id, flush=True)\ntime.sleep(600)\n"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from jobs.runner import Runner\nfrom jobs.spec import JobSpec\n"
+            f"runner = Runner({str(workspace)!r})\n"
+            f"job = runner.submit(JobSpec.model_validate_json(open({str(spec_path)!r}).read()))\n"
+            "print(job.id, flush=True)\ntime.sleep(600)\n",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     job_id = app.stdout.readline().strip()
     fresh = Runner(workspace)
@@ -149,8 +159,9 @@ def test_killed_while_checkpointing_the_previous_checkpoint_still_resumes(
     runner, tiny_models, reference_dataset, monkeypatch
 ):
     monkeypatch.setenv("COGVIDEOX_STUDIO_FAULT", "kill_in_checkpoint:4")
-    job = runner.submit(make_spec(tiny_models, reference_dataset, train_steps=6,
-                                  checkpointing_steps=2))
+    job = runner.submit(
+        make_spec(tiny_models, reference_dataset, train_steps=6, checkpointing_steps=2)
+    )
     job = runner.wait(job.id, timeout=120)
     assert job.status == "failed" and "SIGKILL" in job.reason
     job_dir = Path(job.job_dir)
@@ -214,8 +225,14 @@ def test_a_recycled_pid_is_not_taken_for_the_job(runner, tiny_models, reference_
     job = runner.store.add("ghost", "train", [])
     Path(job.job_dir).mkdir(parents=True)
     # Our own pid is alive, but it was not started at the time the record says.
-    runner.store.update(job.id, status="running", pid=os.getpid(), pgid=os.getpgid(0),
-                        proc_start=psutil.Process().create_time() - 1000, started=time.time())
+    runner.store.update(
+        job.id,
+        status="running",
+        pid=os.getpid(),
+        pgid=os.getpgid(0),
+        proc_start=psutil.Process().create_time() - 1000,
+        started=time.time(),
+    )
     runner.store.update(job.id, pgid=999_999)
     runner.reconcile()
     job = runner.store.get(job.id)
