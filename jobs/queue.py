@@ -12,6 +12,9 @@ from jobs.store import Job
 
 
 def resources(job: Job) -> set[str]:
+    """What a job holds while it runs; pushes, and previews allowed on a busy GPU, hold nothing."""
+    if not job.exclusive:
+        return set()
     return {f"gpu:{gpu}" for gpu in job.gpu_ids} or {"cpu"}
 
 

@@ -71,18 +71,27 @@ class Runner:
         self.stop_grace = stop_grace
         self.kill_grace = kill_grace
         self._children: dict[int, subprocess.Popen] = {}
+        self._private_env: dict[str, dict[str, str]] = {}  # per job, kept in memory only
 
     # ---- submitting ------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec) -> Job:
-        """Queue a job (its spec.json written first) and start it if its GPUs are free."""
-        spec = self._resolved(spec)
-        job = self.store.add(spec.name, spec.kind, spec.gpu_ids)
+    def submit(self, spec: JobSpec, env: dict[str, str] | None = None) -> Job:
+        """Queue a job (its spec.json written first) and start it if its GPUs are free.
+
+        `env` adds environment variables for this job's process only (a Hub token for a push):
+        they are never written to the spec, the store or a log.
+        """
+        if spec.kind == "train":
+            spec = self._resolved(spec)
+        job = self.store.add(spec.name, spec.kind, spec.gpu_ids, exclusive=spec.exclusive)
         job_dir = Path(job.job_dir)
         job_dir.mkdir(parents=True, exist_ok=True)
-        train = spec.train.model_copy(update={"output_dir": str(job_dir)})
-        spec = spec.model_copy(update={"train": train})
+        if spec.kind == "train":
+            train = spec.train.model_copy(update={"output_dir": str(job_dir)})
+            spec = spec.model_copy(update={"train": train})
         _write_atomic(job_dir / SPEC_FILE, spec.model_dump_json(indent=2))
+        if env:
+            self._private_env[job.id] = dict(env)
         self.schedule()
         return self.store.get(job.id)
 
@@ -122,7 +131,7 @@ class Runner:
         job_dir = Path(job.job_dir)
         spec = self.spec(job)
         argv = spec.to_argv(job_dir / SPEC_FILE)
-        if job.resume_requested:
+        if job.resume_requested and spec.kind == "train":
             argv += ["--resume_from_checkpoint", "latest"]
         (job_dir / EXIT_FILE).unlink(missing_ok=True)
         events = job_dir / "events.jsonl"
@@ -141,6 +150,7 @@ class Runner:
         )
         if spec.gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.gpu_ids))
+        env.update(self._private_env.pop(job.id, {}))
         with open(job_dir / LOG_FILE, "ab") as log:
             log.write(f"\n$ {spec.show_command(job_dir / SPEC_FILE)}\n".encode())
             log.flush()
@@ -210,7 +220,9 @@ class Runner:
 
     def _finish(self, job: Job, final, exit_code: int | None) -> None:
         ended = time.time()
-        if final is not None and final.kind == "done":
+        if job.kind != "train":  # preview workers and pushes report through their own events
+            status, reason, suggestion = _service_outcome(job, exit_code, self._log_tail(job))
+        elif final is not None and final.kind == "done":
             status, reason, suggestion = "succeeded", None, None
         elif final is not None and final.kind == "stopped":
             status = "stopped"
@@ -415,6 +427,20 @@ def log_tail(path: Path, size: int = 8192) -> str:
             return handle.read().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return ""
+
+
+def _service_outcome(job: Job, exit_code: int | None, log_tail: str):
+    """How a preview worker or a push ended: its exit status, and its last message."""
+    if exit_code == 0:
+        return "succeeded", None, None
+    if job.stop_requested:
+        return "stopped", "stopped on request", None
+    message = None
+    for event in EventTail(Path(job.job_dir) / "events.jsonl", job.attempt_offset).read_new():
+        if getattr(event, "message", None):
+            message = event.message
+    found = diagnose(exit_code, message, log_tail)
+    return found.status, found.reason, found.suggestion
 
 
 def _attempt_final_event(job_dir: Path, attempt_offset: int):

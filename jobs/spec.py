@@ -1,9 +1,12 @@
 """`JobSpec`: a training run as the app and the CLI submit it.
 
 A job spec is a `TrainConfig` plus what the trainer itself does not decide: a name, the kind of
-job, the GPUs it runs on and how accelerate launches it. Its JSON form is what `spec.json` holds:
-`{"name", "kind", "gpu_ids", "launch": {...}, "train": {TrainConfig fields by flag name}}`; the
-trainer reads the "train" part of the same file (`--config spec.json`).
+job, the GPUs it runs on and how accelerate launches it. Two more kinds reuse the machinery:
+`infer` (a warm preview worker) and `push` (a push of a finished run to the Hub).
+
+Its JSON form is what `spec.json` holds: `{"name", "kind", "gpu_ids", "launch": {...}, "train":
+{TrainConfig fields by flag name}}`; the trainer reads the "train" part of the same file
+(`--config spec.json`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.config import TrainConfig, to_argv
 
@@ -44,16 +47,54 @@ class LaunchSettings(BaseModel):
     )
 
 
+class InferSettings(BaseModel):
+    """A warm preview worker: it serves preview requests until it has been idle this long."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idle_timeout: float = Field(600.0, gt=0)
+    allow_busy_gpu: bool = Field(
+        False, description="Run beside a training job on the same GPU (may run out of memory)."
+    )
+
+
+class PushSettings(BaseModel):
+    """A push of a finished run to the Hugging Face Hub (the token travels in the environment)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: str
+    repo_id: str = Field(min_length=3, pattern=r"^[\w.-]+/[\w.-]+$")
+    private: bool = False
+    update: bool = False
+    endpoint: str | None = None
+
+
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("run", min_length=1, max_length=120)
-    kind: Literal["train"] = "train"
+    kind: Literal["train", "infer", "push"] = "train"
     gpu_ids: list[int] = Field(
         default_factory=list, description="GPU indices to run on; empty means the CPU."
     )
     launch: LaunchSettings = Field(default_factory=LaunchSettings)
-    train: TrainConfig
+    train: TrainConfig | None = None
+    infer: InferSettings | None = None
+    push: PushSettings | None = None
+
+    @model_validator(mode="after")
+    def _payload_matches_kind(self) -> JobSpec:
+        if getattr(self, self.kind) is None:
+            raise ValueError(f"a {self.kind} job needs its '{self.kind}' settings")
+        return self
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether the job holds its GPUs (or the CPU) so that others wait for them."""
+        if self.kind == "push":
+            return False
+        return not (self.kind == "infer" and self.infer.allow_busy_gpu)
 
     @field_validator("gpu_ids")
     @classmethod
@@ -100,15 +141,44 @@ class JobSpec(BaseModel):
         """The exact command the runner starts: the trainer reads this spec from spec_path.
 
         Without a path, the trainer's settings are spelled out as flags instead: the same run,
-        as a user would type it.
+        as a user would type it. Preview workers and pushes run as plain Python modules in the
+        job's folder.
         """
+        folder = Path(spec_path).parent if spec_path else Path("JOB_DIR")
+        if self.kind == "infer":
+            return [
+                sys.executable,
+                "-m",
+                "core.infer",
+                "serve",
+                "--dir",
+                str(folder),
+                "--idle-timeout",
+                str(self.infer.idle_timeout),
+            ]
+        if self.kind == "push":
+            push = self.push
+            argv = [
+                sys.executable,
+                "-m",
+                "core.hub",
+                "push",
+                push.run_dir,
+                push.repo_id,
+                "--events",
+                str(folder / "events.jsonl"),
+            ]
+            argv += ["--private"] if push.private else []
+            argv += ["--update"] if push.update else []
+            argv += ["--endpoint", push.endpoint] if push.endpoint else []
+            return argv
         if spec_path is not None:
             return [*self.launch_argv(), "-m", "core.train", "--config", str(spec_path)]
         return [*self.launch_argv(), "-m", "core.train", *to_argv(self.train)]
 
     def show_command(self, spec_path: str | Path | None = None) -> str:
         argv = self.to_argv(spec_path)
-        argv[0] = "accelerate"
+        argv[0] = "accelerate" if self.kind == "train" else "python"
         return shlex.join(argv)
 
 

@@ -46,7 +46,8 @@ MIGRATIONS = [
         resume_requested INTEGER NOT NULL DEFAULT 0,
         attempts INTEGER NOT NULL DEFAULT 0,
         events_offset INTEGER NOT NULL DEFAULT 0,
-        attempt_offset INTEGER NOT NULL DEFAULT 0
+        attempt_offset INTEGER NOT NULL DEFAULT 0,
+        exclusive INTEGER NOT NULL DEFAULT 1
     );
     CREATE INDEX jobs_by_status ON jobs(status);
     CREATE INDEX jobs_by_created ON jobs(created);
@@ -79,6 +80,7 @@ class Job:
     attempts: int = 0
     events_offset: int = 0  # how far the heartbeat has read events.jsonl
     attempt_offset: int = 0  # where the current attempt's events begin
+    exclusive: int = 1  # holds its GPUs (or the CPU) so that other jobs wait
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -191,7 +193,14 @@ class JobStore:
 
     # ---- writing --------------------------------------------------------------------------
 
-    def add(self, name: str, kind: str, gpu_ids: list[int], job_id: str | None = None) -> Job:
+    def add(
+        self,
+        name: str,
+        kind: str,
+        gpu_ids: list[int],
+        job_id: str | None = None,
+        exclusive: bool = True,
+    ) -> Job:
         job_id = job_id or new_job_id(name)
         job = Job(
             id=job_id,
@@ -201,6 +210,7 @@ class JobStore:
             gpu_ids=list(gpu_ids),
             job_dir=str(self.runs_dir / job_id),
             created=time.time(),
+            exclusive=int(exclusive),
         )
         values = {name: getattr(job, name) for name in _COLUMNS}
         values["gpu_ids"] = json.dumps(values["gpu_ids"])
