@@ -20,6 +20,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--auth", help="USER:PASS required to open the page and its API")
     parser.add_argument("--share", action="store_true", help="open a public Gradio share link")
+    parser.add_argument("--data-dir", action="append", default=[], metavar="DIR",
+                        help="a server folder whose datasets may be used in place (repeatable)")
+    parser.add_argument("--hub-endpoint", default=None,
+                        help="the Hugging Face Hub address to push to (default: the public Hub)")
     return parser.parse_args(argv)
 
 
@@ -56,14 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     workspace = Path(args.workspace).expanduser().resolve()
     workspace.mkdir(parents=True, exist_ok=True)
 
-    from ui.page import build_page
+    from ui.page import build_page, css
+    from ui.studio import Studio
 
-    build_page().launch(
+    data_dirs = [Path(d).expanduser().resolve() for d in args.data_dir]
+    studio = Studio(workspace, data_dirs=data_dirs, hub_endpoint=args.hub_endpoint)
+    page = build_page(studio)
+    page.queue(default_concurrency_limit=4)
+    page.launch(
         server_name=args.host,
         server_port=args.port,
         auth=auth,
         share=args.share,
-        allowed_paths=[str(workspace)],
+        allowed_paths=[str(workspace), *map(str, data_dirs)],
+        css=css(),
+        footer_links=["gradio", "settings"],
     )
     return 0
 

@@ -82,7 +82,7 @@ class Runner:
         they are never written to the spec, the store or a log.
         """
         if spec.kind == "train":
-            spec = self._resolved(spec)
+            spec = self.resolve_paths(spec)
         job = self.store.add(spec.name, spec.kind, spec.gpu_ids, exclusive=spec.exclusive)
         job_dir = Path(job.job_dir)
         job_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ class Runner:
         self.schedule()
         return self.store.get(job.id)
 
-    def _resolved(self, spec: JobSpec) -> JobSpec:
+    def resolve_paths(self, spec: JobSpec) -> JobSpec:
         """Paths made absolute (the job runs in its own folder) and the workspace's cache."""
         train = spec.train
         updates = {

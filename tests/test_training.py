@@ -57,9 +57,15 @@ def learned_lora(tiny_models, one_clip, tmp_path_factory):
             "1000",
             "--output_dir",
             str(out),
+            # Validation decodes fp32 latents with the bf16 VAE: the dtypes must meet.
+            "--validation_prompts",
+            "a square moving across the frame",
+            "--validation_inference_steps",
+            "2",
         ]
     )
     assert code == 0
+    assert list((out / "validation" / "step-300").glob("*.mp4"))
     return out
 
 

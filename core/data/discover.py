@@ -128,7 +128,7 @@ def _metadata_rows(path: Path) -> list[dict]:
         raise UserError(f"--data_root: {path.name} cannot be read ({error})") from None
 
 
-def _pick_column(
+def pick_column(
     columns: list[str], preferred: str, known: tuple[str, ...], what: str, path: Path
 ) -> str:
     if preferred in columns:
@@ -151,8 +151,8 @@ def _metadata(root: Path, caption_column: str, video_column: str) -> Discovery:
     if not rows:
         return found
     columns = list(rows[0].keys())
-    file_column = _pick_column(columns, video_column, FILE_COLUMNS, "file", path)
-    text_column = _pick_column(columns, caption_column, CAPTION_COLUMNS, "caption", path)
+    file_column = pick_column(columns, video_column, FILE_COLUMNS, "file", path)
+    text_column = pick_column(columns, caption_column, CAPTION_COLUMNS, "caption", path)
     for number, row in enumerate(rows, start=1):
         relative = str(row.get(file_column) or "").strip()
         media = _inside(root, relative)

@@ -322,7 +322,7 @@ def generate(
 ):
     """One video as a float array [F, H, W, 3] in [0, 1], from precomputed prompt embeddings."""
     dtype = pipeline.transformer.dtype
-    output = pipeline(
+    latents = pipeline(
         prompt_embeds=prompt_embeds.to(dtype),
         negative_prompt_embeds=negative_embeds.to(dtype),
         num_frames=frames,
@@ -331,10 +331,17 @@ def generate(
         num_inference_steps=steps,
         guidance_scale=guidance,
         generator=generator,
-        output_type="np",
+        output_type="latent",
         max_sequence_length=MAX_TEXT_TOKENS,
-    )
-    return output.frames[0]
+    ).frames
+    # Decoded here rather than by the pipeline: the VAE may keep another dtype than the
+    # transformer (fp32 training beside a bf16 VAE), and the pipeline doesn't cast between them.
+    patch_t = pipeline.transformer.config.patch_size_t
+    latent_frames = (frames - 1) // pipeline.vae_scale_factor_temporal + 1
+    if patch_t and latent_frames % patch_t:
+        latents = latents[:, patch_t - latent_frames % patch_t :]
+    video = pipeline.decode_latents(latents.to(pipeline.vae.dtype))
+    return pipeline.video_processor.postprocess_video(video=video, output_type="np")[0]
 
 
 # ---------------------------------------------------------------------------------------------

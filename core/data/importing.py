@@ -1,0 +1,92 @@
+"""Bringing uploads into a dataset folder of the workspace, treating every name as hostile.
+
+Browsers upload a folder as a flat list of files (no sub-paths), so files keep only their own
+names: a name is reduced to its last component, stripped of anything that could address another
+folder, and made unique. A reference layout whose list pointed into sub-folders is repointed at
+the flattened files. Zips go through the safe extractor of `core.data.archive`.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+from core.data.archive import dataset_folder, extract_zip
+from core.errors import UserError
+
+_UNSAFE = re.compile(r"[\x00-\x1f/\\:]")
+
+
+def safe_name(name: str) -> str:
+    """A file name that can only mean a file in the target folder (spaces and unicode kept)."""
+    base = re.split(r"[\\/]", name)[-1]
+    base = _UNSAFE.sub("_", base).strip().lstrip(".")
+    return base or "file"
+
+
+def safe_dataset_name(name: str) -> str:
+    cleaned = re.sub(r"[^\w\- .]", "_", name).strip(" .")[:80]
+    return cleaned or time.strftime("dataset-%Y%m%d-%H%M%S")
+
+
+def _unique(folder: Path, name: str) -> Path:
+    target = folder / name
+    stem, suffix, number = target.stem, target.suffix, 2
+    while target.exists():
+        target = folder / f"{stem} ({number}){suffix}"
+        number += 1
+    return target
+
+
+def import_files(sources: list[str | Path], destination: Path) -> Path:
+    """Copy uploaded files (flat) into a new dataset folder; a single zip is extracted instead."""
+    sources = [Path(s) for s in sources if s]
+    if not sources:
+        raise UserError("nothing was uploaded: choose a folder, a zip or some clip files")
+    if destination.exists():
+        raise UserError(f"a dataset named {destination.name} already exists; pick another name")
+    if len(sources) == 1 and sources[0].suffix.lower() == ".zip":
+        extracted = extract_zip(sources[0], destination / ".zip-contents")
+        inner = dataset_folder(extracted)
+        # Lift the contents to the dataset folder so its captions can be edited in place.
+        for child in list(inner.iterdir()):
+            shutil.move(str(child), destination / child.name)
+        shutil.rmtree(extracted, ignore_errors=True)
+        return destination
+    staging = destination.with_name(f".{destination.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for source in sources:
+        shutil.copyfile(source, _unique(staging, safe_name(source.name)))
+    _repoint_reference_lists(staging)
+    staging.replace(destination)
+    return destination
+
+
+def _repoint_reference_lists(folder: Path) -> None:
+    """videos.txt entries like 'videos/a.mp4' become 'a.mp4' once the upload flattened them."""
+    listing = folder / "videos.txt"
+    if not listing.is_file():
+        return
+    lines = listing.read_text(encoding="utf-8", errors="replace").splitlines()
+    repointed = []
+    for line in lines:
+        entry = line.strip()
+        if entry and not (folder / entry).exists() and (folder / safe_name(entry)).exists():
+            entry = safe_name(entry)
+        repointed.append(entry)
+    listing.write_text("\n".join(repointed) + "\n", encoding="utf-8")
+
+
+def link_server_folder(path: str, allowed_roots: list[Path]) -> Path:
+    """A folder already on the server, accepted only under one of the allowed roots."""
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise UserError(f"the folder {folder} does not exist on the server")
+    if not any(folder.is_relative_to(root.resolve()) for root in allowed_roots):
+        roots = ", ".join(str(root) for root in allowed_roots)
+        raise UserError(f"{folder} is outside the folders this app may read ({roots}); start "
+                        "the app with --data-dir to allow it")
+    return folder
