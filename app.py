@@ -20,10 +20,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--auth", help="USER:PASS required to open the page and its API")
     parser.add_argument("--share", action="store_true", help="open a public Gradio share link")
-    parser.add_argument("--data-dir", action="append", default=[], metavar="DIR",
-                        help="a server folder whose datasets may be used in place (repeatable)")
-    parser.add_argument("--hub-endpoint", default=None,
-                        help="the Hugging Face Hub address to push to (default: the public Hub)")
+    parser.add_argument(
+        "--data-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a server folder whose datasets may be used in place (repeatable)",
+    )
+    parser.add_argument(
+        "--hub-endpoint",
+        default=None,
+        help="the Hugging Face Hub address to push to (default: the public Hub)",
+    )
     return parser.parse_args(argv)
 
 

@@ -90,10 +90,11 @@ def prepare_output_dir(config: TrainConfig) -> Path:
 
 
 class TrainingState:
-    """Where the run is: step, data position and the random generators' states.
+    """Where the run is: the step and the data position.
 
-    Registered with accelerate for checkpointing, so a resumed run continues the same batches,
-    the same noise and the same caption dropout as the uninterrupted run.
+    Registered with accelerate for checkpointing. Randomness needs no saved state: each sample's
+    noise, timestep and caption dropout come from a generator seeded by (seed, step, micro-batch,
+    sample), so a resumed run, or the same run on another number of processes, draws the same.
     """
 
     def __init__(self, seed: int):
@@ -101,7 +102,6 @@ class TrainingState:
         self.global_step = 0
         self.epoch = 0
         self.position = 0  # micro-batches of the current epoch already consumed
-        self.generators: dict = {}
 
     def state_dict(self) -> dict:
         return {
@@ -109,15 +109,12 @@ class TrainingState:
             "global_step": self.global_step,
             "epoch": self.epoch,
             "position": self.position,
-            "generators": {name: gen.get_state() for name, gen in self.generators.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.global_step = int(state["global_step"])
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
-        for name, generator_state in state["generators"].items():
-            self.generators[name].set_state(generator_state)
 
 
 class Trainer:
@@ -235,12 +232,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
         rank = self.accelerator.process_index
         self.state = TrainingState(config.seed)
-        # Each rank draws its own noise; all ranks share the caption-dropout stream's seed offset.
-        self.state.generators = {
-            "noise": torch.Generator(self.device).manual_seed(config.seed + 7919 * (rank + 1)),
-            "dropout": torch.Generator().manual_seed(config.seed + 104729 * (rank + 1)),
-        }
-        log.info("Process %d of %d on %s", rank + 1, self.accelerator.num_processes, self.device)
+        log.warning("Process %d of %d on %s", rank + 1, self.accelerator.num_processes, self.device)
 
     def prepare_data(self) -> None:
         from core.models import cogvideox as family
@@ -472,10 +464,10 @@ class Trainer:
                 raise torch.cuda.OutOfMemoryError(
                     f"CUDA out of memory. Tried to allocate 20.00 GiB (injected by {FAULT_ENV})"
                 )
-            for _ in range(config.gradient_accumulation_steps):
+            for micro in range(config.gradient_accumulation_steps):
                 indices, videos = next(stream)
                 with accelerator.accumulate(self.transformer):
-                    loss = self._loss(indices, videos)
+                    loss = self._loss(indices, videos, micro)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         grad_norm = accelerator.clip_grad_norm_(
@@ -527,8 +519,8 @@ class Trainer:
                 and step < config.train_steps
             ):
                 self.validate()
-            if step < config.train_steps:
-                self._check_stop()
+            if step < config.train_steps and self._stop_agreed():
+                raise StopRequested
         self.emit_stage(stage_after_epoch(self.state.epoch + 1))
         if config.validation_prompts:
             self.validate()
@@ -598,12 +590,25 @@ class Trainer:
             self.state.epoch += 1
             self.state.position = 0
 
-    def _loss(self, indices: list[int], videos):
+    def _sample_generators(self, indices: list[int], micro: int) -> list:
+        """One generator per sample, seeded by what identifies its draw in the whole run."""
+        import hashlib
+
+        import torch
+
+        key = f"{self.config.seed}-{self.state.global_step}-{micro}"
+        seeds = [
+            int.from_bytes(hashlib.blake2b(f"{key}-{i}".encode(), digest_size=8).digest()) >> 1
+            for i in indices
+        ]
+        return [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
+
+    def _loss(self, indices: list[int], videos, micro: int):
         import torch
 
         from core.models import cogvideox as family
 
-        noise_gen = self.state.generators["noise"]
+        generators = self._sample_generators(indices, micro)
         if self.cached_latents is not None:
             parameters = torch.stack([self.cached_latents[i] for i in indices])
             embeds = torch.stack([self.cached_embeds[i] for i in indices])
@@ -615,27 +620,27 @@ class Trainer:
             embeds = family.encode_prompts(
                 self.tokenizer, self.encoders.text_encoder, captions, self.device
             )
-        embeds = self._drop_captions(embeds)
-        latents = family.sample_latents(parameters, self.rules, noise_gen)
+        embeds = self._drop_captions(embeds, generators)
+        latents = family.sample_latents(parameters, self.rules, generators)
         return family.training_loss(
             self.transformer,
             self.alphas_cumprod,
             latents,
             embeds,
-            noise_gen,
+            generators,
             self.rotary,
             self.compute_dtype,
         )
 
-    def _drop_captions(self, embeds):
+    def _drop_captions(self, embeds, generators: list):
         """Replace each caption by the empty prompt (or zeros) with --caption_dropout_p."""
         import torch
 
         probability = self.config.caption_dropout_p
         if probability <= 0:
             return embeds
-        draws = torch.rand(embeds.shape[0], generator=self.state.generators["dropout"])
-        dropped = (draws < probability).to(self.device)
+        draws = torch.cat([torch.rand(1, generator=g, device=self.device) for g in generators])
+        dropped = draws < probability
         if not dropped.any():
             return embeds
         if self.config.caption_dropout_technique == "zero":
@@ -750,8 +755,6 @@ class Trainer:
         from core.models import cogvideox as family
 
         config = self.config
-        if not self.is_main:
-            return
         self.emit_stage(STAGE_BEFORE_VALIDATION)
         frames, height, width = config.buckets[0]
         frames = config.validation_frames or frames
@@ -768,32 +771,43 @@ class Trainer:
         )
         pipeline.set_progress_bar_config(disable=True)
         files = []
+        # Every rank renders its share of the videos, so none waits on another for longer than
+        # one video (a rank idling through all of them could outlast the NCCL timeout).
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        work = [
+            (index, number)
+            for index in range(len(config.validation_prompts))
+            for number in range(config.num_validation_videos)
+        ][rank::world]
         try:
-            for index, (prompt, embed) in enumerate(
-                zip(config.validation_prompts, self.validation_embeds, strict=True)
-            ):
-                for number in range(config.num_validation_videos):
+            for index, number in work:
+                prompt, embed = config.validation_prompts[index], self.validation_embeds[index]
+                if world == 1:
                     self._check_stop()
-                    generator = torch.Generator(self.device).manual_seed(config.seed + number)
-                    video = family.generate(
-                        pipeline,
-                        embed.to(self.device),
-                        self.negative_embed.to(self.device),
-                        frames,
-                        height,
-                        width,
-                        config.validation_inference_steps,
-                        config.validation_guidance_scale,
-                        generator,
-                    )
-                    name = f"{index:02d}-{_slug(prompt)}-{number}.mp4"
-                    write_video(folder / name, video, fps=config.validation_fps)
-                    files.append(str((folder / name).relative_to(self.output_dir)))
+                generator = torch.Generator(self.device).manual_seed(config.seed + number)
+                video = family.generate(
+                    pipeline,
+                    embed.to(self.device),
+                    self.negative_embed.to(self.device),
+                    frames,
+                    height,
+                    width,
+                    config.validation_inference_steps,
+                    config.validation_guidance_scale,
+                    generator,
+                )
+                name = f"{index:02d}-{_slug(prompt)}-{number}.mp4"
+                write_video(folder / name, video, fps=config.validation_fps)
+                files.append(str((folder / name).relative_to(self.output_dir)))
         finally:
             transformer.train()
             if self.cached_latents is not None:
                 self.encoders.park_vae()
             free_accelerator_memory(self.device)
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            files = sorted(gather_object(files))
         self.emit(ValidationEvent(step=step, files=files, prompts=config.validation_prompts))
         self.emit_stage(STAGE_AFTER_VALIDATION)
         if self.trackers_on and config.report_to == "wandb":
@@ -852,6 +866,15 @@ class Trainer:
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, request_stop)
         return previous
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank was asked to stop: all ranks must stop at the same step."""
+        if self.accelerator.num_processes == 1:
+            return self.stop_signal is not None
+        import torch
+
+        flag = torch.tensor([0.0 if self.stop_signal is None else 1.0], device=self.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def _check_stop(self) -> None:
         if self.stop_signal is not None:

@@ -35,16 +35,21 @@ def find_worker(runner: Runner, gpu_ids: list[int]) -> Job | None:
     return None
 
 
-def start_worker(runner: Runner, gpu_ids: list[int], allow_busy_gpu: bool = False,
-                 idle_timeout: float = 600.0) -> Job:
-    spec = JobSpec(name=WORKER_NAME, kind="infer", gpu_ids=gpu_ids,
-                   infer=InferSettings(idle_timeout=idle_timeout,
-                                       allow_busy_gpu=allow_busy_gpu))
+def start_worker(
+    runner: Runner, gpu_ids: list[int], allow_busy_gpu: bool = False, idle_timeout: float = 600.0
+) -> Job:
+    spec = JobSpec(
+        name=WORKER_NAME,
+        kind="infer",
+        gpu_ids=gpu_ids,
+        infer=InferSettings(idle_timeout=idle_timeout, allow_busy_gpu=allow_busy_gpu),
+    )
     return runner.submit(spec)
 
 
-def request_preview(runner: Runner, request: PreviewRequest, gpu_ids: list[int],
-                    allow_busy_gpu: bool = False) -> Ticket:
+def request_preview(
+    runner: Runner, request: PreviewRequest, gpu_ids: list[int], allow_busy_gpu: bool = False
+) -> Ticket:
     worker = find_worker(runner, gpu_ids) or start_worker(runner, gpu_ids, allow_busy_gpu)
     return Ticket(worker.id, submit(Path(worker.job_dir), request))
 
@@ -61,8 +66,9 @@ def poll_preview(runner: Runner, ticket: Ticket):
     pending = Path(worker.job_dir) / "requests" / f"{ticket.request_id}.json"
     if not pending.is_file():
         return ticket, None
-    fresh = find_worker(runner, worker.gpu_ids) or start_worker(runner, worker.gpu_ids,
-                                                               not worker.exclusive)
+    fresh = find_worker(runner, worker.gpu_ids) or start_worker(
+        runner, worker.gpu_ids, not worker.exclusive
+    )
     target = Path(fresh.job_dir) / "requests"
     target.mkdir(parents=True, exist_ok=True)
     shutil.move(str(pending), target / pending.name)

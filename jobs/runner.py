@@ -150,6 +150,7 @@ class Runner:
         )
         if spec.gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.gpu_ids))
+        env.update(spec.launch_env())
         env.update(self._private_env.pop(job.id, {}))
         with open(job_dir / LOG_FILE, "ab") as log:
             log.write(f"\n$ {spec.show_command(job_dir / SPEC_FILE)}\n".encode())

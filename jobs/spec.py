@@ -107,9 +107,37 @@ class JobSpec(BaseModel):
     def processes(self) -> int:
         return self.launch.num_processes or max(1, len(self.gpu_ids))
 
+    def launch_env(self) -> dict[str, str]:
+        """Environment the launch needs: CPU runs tell accelerate to use gloo on the CPU."""
+        return {} if self.gpu_ids else {"ACCELERATE_USE_CPU": "1"}
+
+    def _torchrun_argv(self) -> list[str]:
+        """Several processes on the CPU: `accelerate launch --cpu` would start only one, so
+        torchrun starts them (and accelerate, told to use the CPU, joins them over gloo)."""
+        launch = self.launch
+        argv = [
+            _venv_executable("torchrun"),
+            "--nproc_per_node",
+            str(self.processes),
+            "--nnodes",
+            str(launch.num_machines),
+        ]
+        if launch.num_machines > 1:
+            argv += [
+                "--node_rank",
+                str(launch.machine_rank),
+                "--master_addr",
+                launch.main_process_ip or "127.0.0.1",
+                "--master_port",
+                str(launch.main_process_port or 29500),
+            ]
+        return argv
+
     def launch_argv(self) -> list[str]:
         """`accelerate launch` and its flags, up to the module it runs."""
         launch = self.launch
+        if not self.gpu_ids and self.processes > 1:
+            return self._torchrun_argv()
         argv = [accelerate_executable(), "launch"]
         if launch.config_file:
             argv += ["--config_file", launch.config_file]
@@ -178,13 +206,17 @@ class JobSpec(BaseModel):
 
     def show_command(self, spec_path: str | Path | None = None) -> str:
         argv = self.to_argv(spec_path)
-        argv[0] = "accelerate" if self.kind == "train" else "python"
+        argv[0] = Path(argv[0]).name if self.kind == "train" else "python"
         return shlex.join(argv)
 
 
-def accelerate_executable() -> str:
-    """The accelerate CLI of this environment (the venv's, when the app runs from one)."""
-    beside = Path(sys.executable).with_name("accelerate")
+def _venv_executable(name: str) -> str:
+    """A console script of this environment (the venv's, when the app runs from one)."""
+    beside = Path(sys.executable).with_name(name)
     if beside.is_file():
         return str(beside)
-    return shutil.which("accelerate") or "accelerate"
+    return shutil.which(name) or name
+
+
+def accelerate_executable() -> str:
+    return _venv_executable("accelerate")

@@ -47,36 +47,55 @@ class DatasetTab:
         self.buckets_widget = buckets_widget
         with gr.Row():
             with gr.Column(scale=2):
-                self.name = gr.Textbox(label="Name of a new dataset",
-                                       placeholder="my-style (default: dataset-<date>)")
+                self.name = gr.Textbox(
+                    label="Name of a new dataset", placeholder="my-style (default: dataset-<date>)"
+                )
                 with gr.Row():
-                    self.folder = gr.File(file_count="directory", label="Upload a folder",
-                                          elem_id="upload-folder")
-                    self.zip = gr.File(file_types=[".zip"], label="or a zip",
-                                       elem_id="upload-zip")
-                    self.files = gr.File(file_count="multiple", label="or clips and captions",
-                                         elem_id="upload-files")
+                    self.folder = gr.File(
+                        file_count="directory", label="Upload a folder", elem_id="upload-folder"
+                    )
+                    self.zip = gr.File(file_types=[".zip"], label="or a zip", elem_id="upload-zip")
+                    self.files = gr.File(
+                        file_count="multiple", label="or clips and captions", elem_id="upload-files"
+                    )
                 with gr.Row():
-                    self.server_path = gr.Textbox(label="or a folder on this server",
-                                                  placeholder="/data/clips", scale=3)
+                    self.server_path = gr.Textbox(
+                        label="or a folder on this server", placeholder="/data/clips", scale=3
+                    )
                     self.use_server = gr.Button("Use folder", scale=1)
-                    self.demo = gr.Button("Generate demo clips", scale=1,
-                                          elem_id="demo-clips")
+                    self.demo = gr.Button("Generate demo clips", scale=1, elem_id="demo-clips")
             with gr.Column(scale=1):
-                self.choice = gr.Dropdown(label="Dataset", choices=self._choices(),
-                                          elem_id="dataset-choice", allow_custom_value=False)
+                self.choice = gr.Dropdown(
+                    label="Dataset",
+                    choices=self.choices(),
+                    elem_id="dataset-choice",
+                    allow_custom_value=False,
+                )
                 self.refresh = gr.Button("Refresh report")
         self.message = gr.HTML(elem_id="dataset-message")
         with gr.Row():
             self.summary = gr.Markdown(elem_id="dataset-summary")
-            self.chart = gr.BarPlot(x="bucket", y="samples", title="Samples per bucket",
-                                    elem_id="bucket-chart", height=220)
-        self.skipped = gr.Dataframe(headers=["file", "reason"], label="Skipped files",
-                                    interactive=False, elem_id="skipped-table")
+            self.chart = gr.BarPlot(
+                x="bucket",
+                y="samples",
+                title="Samples per bucket",
+                elem_id="bucket-chart",
+                height=220,
+            )
+        self.skipped = gr.Dataframe(
+            headers=["file", "reason"],
+            label="Skipped files",
+            interactive=False,
+            elem_id="skipped-table",
+        )
         self.gallery = gr.Gallery(label="Clips", columns=6, height=220, elem_id="clip-gallery")
-        self.captions = gr.Dataframe(headers=["file", "caption"], label="Captions (edit, then "
-                                     "save)", interactive=True, elem_id="caption-table",
-                                     column_widths=["30%", "70%"])
+        self.captions = gr.Dataframe(
+            headers=["file", "caption"],
+            label="Captions (edit, then save)",
+            interactive=True,
+            elem_id="caption-table",
+            column_widths=["30%", "70%"],
+        )
         with gr.Row():
             self.save = gr.Button("Save captions", variant="primary", elem_id="save-captions")
             self.trigger = gr.Textbox(label="Trigger word", scale=1)
@@ -85,37 +104,56 @@ class DatasetTab:
             self.replace = gr.Textbox(label="Replace with", scale=1)
             self.do_replace = gr.Button("Replace in every caption", scale=1)
 
-        view = [self.message, self.summary, self.chart, self.skipped, self.gallery,
-                self.captions, data_root_widget]
+        view = [
+            self.message,
+            self.summary,
+            self.chart,
+            self.skipped,
+            self.gallery,
+            self.captions,
+            data_root_widget,
+        ]
         private = {"api_visibility": "private"}
         for upload in (self.folder, self.zip, self.files):
-            upload.upload(self.import_upload, [upload, self.name, buckets_widget],
-                          [self.choice, *view], **private)
-        self.use_server.click(self.use_folder, [self.server_path, buckets_widget],
-                              [self.choice, *view], **private)
+            upload.upload(
+                self.import_upload,
+                [upload, self.name, buckets_widget],
+                [self.choice, *view],
+                **private,
+            )
+        self.use_server.click(
+            self.use_folder, [self.server_path, buckets_widget], [self.choice, *view], **private
+        )
         self.demo.click(self.make_demo, [buckets_widget], [self.choice, *view], **private)
         self.choice.input(self.show, [self.choice, buckets_widget], view, **private)
         self.refresh.click(self.show, [self.choice, buckets_widget], view, **private)
-        self.save.click(self.save_captions, [self.choice, self.captions, buckets_widget], view,
-                        **private)
-        self.add_trigger.click(self.bulk_trigger, [self.choice, self.trigger, buckets_widget],
-                               view, **private)
-        self.do_replace.click(self.bulk_replace, [self.choice, self.find, self.replace,
-                                                  buckets_widget], view, **private)
+        self.save.click(
+            self.save_captions, [self.choice, self.captions, buckets_widget], view, **private
+        )
+        self.add_trigger.click(
+            self.bulk_trigger, [self.choice, self.trigger, buckets_widget], view, **private
+        )
+        self.do_replace.click(
+            self.bulk_replace,
+            [self.choice, self.find, self.replace, buckets_widget],
+            view,
+            **private,
+        )
 
     # ---- handlers --------------------------------------------------------------------------
 
-    def _choices(self) -> list[tuple[str, str]]:
+    def choices(self) -> list[tuple[str, str]]:
         return [(path.name, str(path)) for path in self.studio.datasets()]
 
     def _chosen(self, folder: Path, buckets: str, note: str = ""):
-        choice = gr.Dropdown(choices=self._choices(), value=str(folder))
+        choice = gr.Dropdown(choices=self.choices(), value=str(folder))
         return (choice, *self._view(str(folder), buckets, note))
 
     def import_upload(self, files, name: str, buckets: str):
         files = files if isinstance(files, list) else [files] if files else []
         target = self.studio.datasets_dir / safe_dataset_name(
-            name or time.strftime("dataset-%Y%m%d-%H%M%S"))
+            name or time.strftime("dataset-%Y%m%d-%H%M%S")
+        )
         try:
             folder = import_files([getattr(f, "name", f) for f in files], target)
         except UserError as error:
@@ -167,27 +205,42 @@ class DatasetTab:
     def _view(self, folder: str | None, buckets: str, note: str = "", _error: str = ""):
         empty_chart = pd.DataFrame({"bucket": [], "samples": []})
         if not folder:
-            return (_message(_error or "Choose or import a dataset."), "", empty_chart,
-                    [], [], [], gr.skip())
+            return (
+                _message(_error or "Choose or import a dataset."),
+                "",
+                empty_chart,
+                [],
+                [],
+                [],
+                gr.skip(),
+            )
         try:
-            config = make_config({"data_root": folder,
-                                  "video_resolution_buckets": buckets.split()})
+            config = make_config({"data_root": folder, "video_resolution_buckets": buckets.split()})
             report = build_report(config)
         except UserError as error:
             return (_message(str(error), "error"), "", empty_chart, [], [], [], folder)
         root = Path(report.root)
         trained = len(report.samples)
-        summary = (f"**{trained} samples will be trained on** ({report.videos} clips, "
-                   f"{report.images} images, {report.total_frames} frames), "
-                   f"{len(report.skipped)} skipped. Layout: {report.layout}.")
+        summary = (
+            f"**{trained} samples will be trained on** ({report.videos} clips, "
+            f"{report.images} images, {report.total_frames} frames), "
+            f"{len(report.skipped)} skipped. Layout: {report.layout}."
+        )
         if report.frames:
             f = report.frames
             summary += f"\n\nFrames per clip: {f.min:g} to {f.max:g} (median {f.median:g})."
-        if not trained:
-            _error = _error or ("Nothing here can be trained on with buckets "
-                                f"{buckets}; see the skipped files below.")
-        chart = pd.DataFrame({"bucket": list(report.buckets), "samples":
-                              list(report.buckets.values())})
+        if not trained and not report.skipped:
+            _error = _error or (
+                "The dataset is empty: no clips or images with captions were found in it."
+            )
+        elif not trained:
+            _error = _error or (
+                "Nothing here can be trained on with buckets "
+                f"{buckets}; see the skipped files below."
+            )
+        chart = pd.DataFrame(
+            {"bucket": list(report.buckets), "samples": list(report.buckets.values())}
+        )
         skipped = [[row.file, row.reason] for row in report.skipped]
         gallery = []
         for row in report.samples[:60]:

@@ -17,9 +17,15 @@ from core.errors import UserError
 
 # Settings the app decides itself: the run's folder, the workspace cache, resume (Runs tab).
 APP_OWNED = ("output_dir", "cache_dir", "resume_from_checkpoint", "logging_dir")
-GROUP_TITLES = {"model": "Model", "dataset": "Dataset", "dataloader": "Data loading",
-                "training": "Training", "optimizer": "Optimizer", "validation": "Validation",
-                "misc": "Tracking and misc"}
+GROUP_TITLES = {
+    "model": "Model",
+    "dataset": "Dataset",
+    "dataloader": "Data loading",
+    "training": "Training",
+    "optimizer": "Optimizer",
+    "validation": "Validation",
+    "misc": "Tracking and misc",
+}
 OPEN_GROUPS = ("model", "dataset", "training")
 
 

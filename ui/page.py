@@ -23,8 +23,10 @@ def build_page(studio: Studio) -> gr.Blocks:
     train, dataset, runs = TrainTab(studio), DatasetTab(studio), RunsTab(studio)
     preview, publish = PreviewTab(studio), PublishTab(studio)
     with gr.Blocks(title=TITLE) as page:
-        gr.Markdown(f"# {TITLE}\nTeach CogVideoX something new: a folder of captioned clips "
-                    "in, a LoRA out, on your own GPUs.")
+        gr.Markdown(
+            f"# {TITLE}\nTeach CogVideoX something new: a folder of captioned clips "
+            "in, a LoRA out, on your own GPUs."
+        )
         with gr.Tabs(selected="dataset") as tabs:
             with gr.Tab("1 · Dataset", id="dataset"):
                 dataset_area = gr.Column()
@@ -37,8 +39,9 @@ def build_page(studio: Studio) -> gr.Blocks:
             with gr.Tab("5 · Publish", id="publish") as publish_tab:
                 publish.render()
         with dataset_area:
-            dataset.render(train.form.widgets["video_resolution_buckets"],
-                           train.form.widgets["data_root"])
+            dataset.render(
+                train.form.widgets["video_resolution_buckets"], train.form.widgets["data_root"]
+            )
 
         def started(result):
             message, job = result
@@ -55,17 +58,24 @@ def build_page(studio: Studio) -> gr.Blocks:
             if job is None or job.kind != "train":
                 return (gr.skip(), gr.skip(), *[gr.skip()] * len(train.form.fields))
             spec = json.loads((Path(job.job_dir) / "spec.json").read_text())
-            return (gr.Tabs(selected="train"), f"{job.name} (copy)",
-                    *train.form.values_of(spec["train"]))
+            return (
+                gr.Tabs(selected="train"),
+                f"{job.name} (copy)",
+                *train.form.values_of(spec["train"]),
+            )
 
-        runs.duplicate.click(duplicate, [runs.selected],
-                             [tabs, train.name, *train.form.components], **private)
-        preview_tab.select(lambda: gr.Dropdown(choices=preview.run_choices()), None,
-                           [preview.run], **private)
-        publish_tab.select(lambda: gr.Dropdown(choices=preview.run_choices()), None,
-                           [publish.run], **private)
+        runs.duplicate.click(
+            duplicate, [runs.selected], [tabs, train.name, *train.form.components], **private
+        )
+        preview_tab.select(
+            lambda: gr.Dropdown(choices=preview.run_choices()), None, [preview.run], **private
+        )
+        publish_tab.select(
+            lambda: gr.Dropdown(choices=preview.run_choices()), None, [publish.run], **private
+        )
         runs_tab.select(runs.refresh, [runs.selected], runs.view, **private)
         page.load(runs.refresh, [runs.selected], runs.view, **private)
+        page.load(lambda: gr.Dropdown(choices=dataset.choices()), None, [dataset.choice], **private)
     return page
 
 

@@ -29,22 +29,25 @@ class PreviewTab:
 
     def render(self, gpus_widget: gr.CheckboxGroup) -> None:
         with gr.Row():
-            self.run = gr.Dropdown(label="Finished run", choices=[], elem_id="preview-run",
-                                   allow_custom_value=True)
+            self.run = gr.Dropdown(
+                label="Finished run", choices=[], elem_id="preview-run", allow_custom_value=True
+            )
             self.lora = gr.Textbox(label="or a LoRA folder / Hub id", elem_id="preview-lora")
             self.base = gr.Textbox(label="Base model", elem_id="preview-base")
         self.prompt = gr.Textbox(label="Prompt", lines=2, elem_id="preview-prompt")
         with gr.Row():
-            self.scale = gr.Slider(0.0, 1.5, value=0.75, step=0.05, label="LoRA scale",
-                                   elem_id="preview-scale")
+            self.scale = gr.Slider(
+                0.0, 1.5, value=0.75, step=0.05, label="LoRA scale", elem_id="preview-scale"
+            )
             self.frames = gr.Number(value=49, precision=0, label="Frames (4k+1)")
             self.height = gr.Number(value=480, precision=0, label="Height")
             self.width = gr.Number(value=720, precision=0, label="Width")
             self.steps = gr.Number(value=50, precision=0, label="Steps")
             self.seed = gr.Number(value=42, precision=0, label="Seed")
         with gr.Row():
-            self.compare = gr.Checkbox(value=True, label="Side by side with the base model",
-                                       elem_id="preview-compare")
+            self.compare = gr.Checkbox(
+                value=True, label="Side by side with the base model", elem_id="preview-compare"
+            )
             self.busy_gpu = gr.Checkbox(value=False, label="Allow a GPU a training run uses")
             self.generate = gr.Button("Generate", variant="primary", elem_id="generate")
         self.status = gr.HTML(elem_id="preview-status")
@@ -52,19 +55,47 @@ class PreviewTab:
         self.ticket = gr.State(None)
         self.timer = gr.Timer(1.0)
         private = {"api_visibility": "private"}
-        self.run.input(self.pick_run, [self.run], [self.base, self.prompt, self.frames,
-                                                   self.height, self.width], **private)
-        self.generate.click(self.start, [self.run, self.lora, self.base, self.prompt,
-                                         self.scale, self.frames, self.height, self.width,
-                                         self.steps, self.seed, self.compare, self.busy_gpu,
-                                         gpus_widget], [self.ticket, self.status], **private,
-                            trigger_mode="once")
-        self.timer.tick(self.poll, [self.ticket], [self.ticket, self.status, self.video],
-                        show_progress="hidden", **private)
+        self.run.input(
+            self.pick_run,
+            [self.run],
+            [self.base, self.prompt, self.frames, self.height, self.width],
+            **private,
+        )
+        self.generate.click(
+            self.start,
+            [
+                self.run,
+                self.lora,
+                self.base,
+                self.prompt,
+                self.scale,
+                self.frames,
+                self.height,
+                self.width,
+                self.steps,
+                self.seed,
+                self.compare,
+                self.busy_gpu,
+                gpus_widget,
+            ],
+            [self.ticket, self.status],
+            **private,
+            trigger_mode="once",
+        )
+        self.timer.tick(
+            self.poll,
+            [self.ticket],
+            [self.ticket, self.status, self.video],
+            show_progress="hidden",
+            **private,
+        )
 
     def run_choices(self) -> list[tuple[str, str]]:
-        return [(f"{job.name} ({job.id})", job.id) for job in self.studio.runner.store.list()
-                if job.kind == "train" and job.status == "succeeded"]
+        return [
+            (f"{job.name} ({job.id})", job.id)
+            for job in self.studio.runner.store.list()
+            if job.kind == "train" and job.status == "succeeded"
+        ]
 
     def pick_run(self, job_id: str):
         job = self.studio.runner.store.get(job_id) if job_id else None
@@ -75,8 +106,22 @@ class PreviewTab:
         prompt = (config.get("validation_prompts") or [""])[0]
         return config["pretrained_model_name_or_path"], prompt, frames, height, width
 
-    def start(self, run_id, lora, base, prompt, scale, frames, height, width, steps, seed,
-              compare, busy_gpu, gpus):
+    def start(
+        self,
+        run_id,
+        lora,
+        base,
+        prompt,
+        scale,
+        frames,
+        height,
+        width,
+        steps,
+        seed,
+        compare,
+        busy_gpu,
+        gpus,
+    ):
         job = self.studio.runner.store.get(run_id) if run_id else None
         loras = []
         if lora and lora.strip():
@@ -85,9 +130,16 @@ class PreviewTab:
             loras = [LoraChoice(path=job.job_dir, scale=scale)]
         try:
             request = PreviewRequest(
-                base=base, loras=loras, prompt=prompt, frames=int(frames), height=int(height),
-                width=int(width), steps=int(steps), seed=int(seed),
-                compare_scales=[scale] if compare and loras else [])
+                base=base,
+                loras=loras,
+                prompt=prompt,
+                frames=int(frames),
+                height=int(height),
+                width=int(width),
+                steps=int(steps),
+                seed=int(seed),
+                compare_scales=[scale] if compare and loras else [],
+            )
         except ValidationError as error:
             return None, _message(describe_validation_error(error).lstrip("-"), "error")
         if not prompt.strip():

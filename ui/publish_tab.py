@@ -29,13 +29,18 @@ class PublishTab:
 
     def render(self) -> None:
         with gr.Row():
-            self.run = gr.Dropdown(label="Finished run", choices=[], elem_id="publish-run",
-                                   allow_custom_value=True)
-            self.repo = gr.Textbox(label="Repo id", placeholder="your-name/your-lora",
-                                   elem_id="publish-repo")
+            self.run = gr.Dropdown(
+                label="Finished run", choices=[], elem_id="publish-run", allow_custom_value=True
+            )
+            self.repo = gr.Textbox(
+                label="Repo id", placeholder="your-name/your-lora", elem_id="publish-repo"
+            )
             self.private = gr.Checkbox(label="Private", value=True, elem_id="publish-private")
-        self.token = gr.Textbox(label="Hub token (kept in memory for this session only; or "
-                                "set HF_TOKEN)", type="password", elem_id="publish-token")
+        self.token = gr.Textbox(
+            label="Hub token (kept in memory for this session only; or set HF_TOKEN)",
+            type="password",
+            elem_id="publish-token",
+        )
         with gr.Row():
             self.card_button = gr.Button("Show model card", elem_id="show-card")
             self.push = gr.Button("Push to the Hub", variant="primary", elem_id="push")
@@ -44,13 +49,23 @@ class PublishTab:
         self.push_job = gr.State(None)
         self.timer = gr.Timer(1.0)
         private = {"api_visibility": "private"}
-        self.card_button.click(self.show_card, [self.run, self.repo], [self.card, self.status],
-                               **private)
-        self.push.click(self.start_push, [self.run, self.repo, self.private, self.token],
-                        [self.push_job, self.status, self.card, self.token], **private,
-                        trigger_mode="once")
-        self.timer.tick(self.poll, [self.push_job], [self.push_job, self.status],
-                        show_progress="hidden", **private)
+        self.card_button.click(
+            self.show_card, [self.run, self.repo], [self.card, self.status], **private
+        )
+        self.push.click(
+            self.start_push,
+            [self.run, self.repo, self.private, self.token],
+            [self.push_job, self.status, self.card, self.token],
+            **private,
+            trigger_mode="once",
+        )
+        self.timer.tick(
+            self.poll,
+            [self.push_job],
+            [self.push_job, self.status],
+            show_progress="hidden",
+            **private,
+        )
 
     def show_card(self, run_id: str | None, repo: str):
         from core.hub import build_model_card
@@ -70,16 +85,26 @@ class PublishTab:
             return None, note, "", ""
         hub_token = self.studio.hub_token()
         if not hub_token:
-            return None, _message("Type a Hub token (or start the app with HF_TOKEN set).",
-                                  "error"), card, ""
+            return (
+                None,
+                _message("Type a Hub token (or start the app with HF_TOKEN set).", "error"),
+                card,
+                "",
+            )
         job = self.studio.runner.store.get(run_id)
         try:
-            spec = JobSpec(name=f"push {repo}", kind="push", push=PushSettings(
-                run_dir=job.job_dir, repo_id=repo, private=private,
-                endpoint=self.studio.hub_endpoint))
+            spec = JobSpec(
+                name=f"push {repo}",
+                kind="push",
+                push=PushSettings(
+                    run_dir=job.job_dir,
+                    repo_id=repo,
+                    private=private,
+                    endpoint=self.studio.hub_endpoint,
+                ),
+            )
         except ValidationError as error:
-            return None, _message(html.escape(describe_validation_error(error)), "error"), \
-                card, ""
+            return None, _message(html.escape(describe_validation_error(error)), "error"), card, ""
         push_job = self.studio.runner.submit(spec, env={"HF_TOKEN": hub_token})
         return push_job.id, _message("Pushing..."), card, ""
 
@@ -95,11 +120,13 @@ class PublishTab:
         last = pushes[-1] if pushes else None
         if last is not None and last.phase == "done" and last.url:
             url = html.escape(last.url)
-            return None, _message(f'Pushed: <a href="{url}" id="repo-url" target="_blank">'
-                                  f"{url}</a>")
+            return None, _message(
+                f'Pushed: <a href="{url}" id="repo-url" target="_blank">{url}</a>'
+            )
         if job.finished:
-            reason = (last.message if last is not None and last.message else job.reason) or \
-                "the push failed"
+            reason = (
+                last.message if last is not None and last.message else job.reason
+            ) or "the push failed"
             return None, _message(html.escape(reason), "error")
         if last is not None and last.total:
             return push_id, _message(f"{last.phase}: {last.done}/{last.total}")

@@ -71,8 +71,9 @@ class Studio:
     # ---- datasets --------------------------------------------------------------------------
 
     def datasets(self) -> list[Path]:
-        found = sorted(p for p in self.datasets_dir.iterdir()
-                       if p.is_dir() and not p.name.startswith("."))
+        found = sorted(
+            p for p in self.datasets_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
         linked = self.workspace / "linked-datasets.json"
         if linked.is_file():
             found += [Path(p) for p in json.loads(linked.read_text()) if Path(p).is_dir()]
@@ -97,10 +98,14 @@ class Studio:
         presets = {}
         for path in sorted(PRESETS_DIR.glob("*.json")):
             data = json.loads(path.read_text().replace("{workspace}", str(self.workspace)))
-            presets[path.stem] = Preset(key=path.stem, title=data["title"],
-                                        description=data["description"],
-                                        gpu_memory=data["gpu_memory"], train=data["train"],
-                                        needs_tiny_model=data.get("tiny_model"))
+            presets[path.stem] = Preset(
+                key=path.stem,
+                title=data["title"],
+                description=data["description"],
+                gpu_memory=data["gpu_memory"],
+                train=data["train"],
+                needs_tiny_model=data.get("tiny_model"),
+            )
         return presets
 
     # ---- the Hub token, in memory only ------------------------------------------------------

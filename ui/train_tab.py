@@ -34,44 +34,60 @@ class TrainTab:
         presets = self.studio.presets()
         with gr.Row():
             self.preset = gr.Dropdown(
-                label="Preset", elem_id="preset", value="",
-                choices=[("Custom settings", ""), *[(p.title, k) for k, p in presets.items()]])
+                label="Preset",
+                elem_id="preset",
+                value="",
+                choices=[("Custom settings", ""), *[(p.title, k) for k, p in presets.items()]],
+            )
             self.name = gr.Textbox(label="Run name", value="my-lora", elem_id="run-name")
             gpus = list_gpus()
             self.gpus = gr.CheckboxGroup(
-                label="GPUs", choices=[(g.label, g.index) for g in gpus],
+                label="GPUs",
+                choices=[(g.label, g.index) for g in gpus],
                 value=[gpus[0].index] if gpus else [],
                 info=None if gpus else "No GPU found: training runs on the CPU.",
-                elem_id="gpu-picker")
+                elem_id="gpu-picker",
+            )
         self.preset_info = gr.Markdown(elem_id="preset-info")
         self.form.render()
         with gr.Row():
             self.show = gr.Button("Show command", elem_id="show-command")
             self.save = gr.DownloadButton("Save config", elem_id="save-config")
-            self.load = gr.UploadButton("Load config", file_types=[".json"],
-                                        elem_id="load-config")
+            self.load = gr.UploadButton("Load config", file_types=[".json"], elem_id="load-config")
             self.start = gr.Button("Start training", variant="primary", elem_id="start")
         self.message = gr.HTML(elem_id="train-message")
-        self.command = gr.Code(language="shell", label="Command", interactive=False,
-                               elem_id="command")
+        self.command = gr.Code(
+            language="shell", label="Command", interactive=False, elem_id="command"
+        )
         private = {"api_visibility": "private"}
         fields = self.form.components
-        self.preset.input(self.apply_preset, [self.preset], [self.preset_info, self.message,
-                                                            *fields], **private)
-        self.show.click(self.show_command, [self.name, self.gpus, *fields],
-                        [self.command, self.message], **private)
-        self.save.click(self.save_config, [self.name, self.gpus, *fields],
-                        [self.save, self.message], **private)
-        self.load.upload(self.load_config, [self.load], [self.message, self.name, *fields],
-                         **private)
+        self.preset.input(
+            self.apply_preset, [self.preset], [self.preset_info, self.message, *fields], **private
+        )
+        self.show.click(
+            self.show_command,
+            [self.name, self.gpus, *fields],
+            [self.command, self.message],
+            **private,
+        )
+        self.save.click(
+            self.save_config, [self.name, self.gpus, *fields], [self.save, self.message], **private
+        )
+        self.load.upload(
+            self.load_config, [self.load], [self.message, self.name, *fields], **private
+        )
 
     def wire_start(self, on_started) -> None:
         """Start submits the job; `on_started` gives the Runs tab's outputs for the new job."""
         fields = self.form.components
         outputs, handler = on_started
-        self.start.click(lambda *args: handler(self.start_job(*args)),
-                         [self.name, self.gpus, *fields], [self.message, *outputs],
-                         trigger_mode="once", api_visibility="private")
+        self.start.click(
+            lambda *args: handler(self.start_job(*args)),
+            [self.name, self.gpus, *fields],
+            [self.message, *outputs],
+            trigger_mode="once",
+            api_visibility="private",
+        )
 
     # ---- handlers --------------------------------------------------------------------------
 
@@ -86,8 +102,9 @@ class TrainTab:
         values = self.form.values_of(preset.train)
         # A dataset already chosen stays chosen.
         current = {name: gr.skip() for name in ("data_root", "id_token")}
-        updates = [current.get(name, value) for name, value in zip(self.form.fields, values,
-                                                                   strict=True)]
+        updates = [
+            current.get(name, value) for name, value in zip(self.form.fields, values, strict=True)
+        ]
         return info, _message(note), *updates
 
     def _ensure_tiny_model(self, preset) -> str:
@@ -97,9 +114,13 @@ class TrainTab:
             return ""
         target.parent.mkdir(parents=True, exist_ok=True)
         # Built in a subprocess: the web process never imports torch.
-        subprocess.run([sys.executable, "-m", "core.tiny", str(target), "--variant",
-                        preset.needs_tiny_model], cwd=REPO_ROOT, check=True,
-                       capture_output=True, timeout=300)
+        subprocess.run(
+            [sys.executable, "-m", "core.tiny", str(target), "--variant", preset.needs_tiny_model],
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         return f"Built the tiny demo model in {target}."
 
     def _spec(self, name: str, gpus: list[int], values: tuple) -> JobSpec:
@@ -133,8 +154,11 @@ class TrainTab:
             train = data.get("train", data)
             values = self.form.values_of(train)
         except (OSError, ValueError, AttributeError) as error:
-            return (_message(f"That file is not a saved config ({error}).", "error"),
-                    gr.skip(), *[gr.skip()] * len(self.form.fields))
+            return (
+                _message(f"That file is not a saved config ({error}).", "error"),
+                gr.skip(),
+                *[gr.skip()] * len(self.form.fields),
+            )
         return (_message("Loaded."), data.get("name", gr.skip()), *values)
 
     def start_job(self, name: str, gpus: list[int], *values):
@@ -143,16 +167,21 @@ class TrainTab:
             spec = self._spec(name, gpus, values)
         except UserError as error:
             return self._error(error), None
-        recent = [job for job in self.studio.runner.store.list()
-                  if job.kind == "train" and time.time() - job.created < DUPLICATE_WINDOW]
+        recent = [
+            job
+            for job in self.studio.runner.store.list()
+            if job.kind == "train" and time.time() - job.created < DUPLICATE_WINDOW
+        ]
         for job in recent:
             earlier = self.studio.runner.spec(job)
             same = earlier.train.model_copy(update={"output_dir": "", "cache_dir": None})
             mine = self.studio.runner.resolve_paths(spec).train.model_copy(
-                update={"output_dir": "", "cache_dir": None})
+                update={"output_dir": "", "cache_dir": None}
+            )
             if earlier.name == spec.name and same == mine:
-                return _message(f"This run was just started ({job.id}); it is not started "
-                                "twice.", "error"), None
+                return _message(
+                    f"This run was just started ({job.id}); it is not started twice.", "error"
+                ), None
         job = self.studio.runner.submit(spec)
         note = "queued until its GPUs are free" if job.status == "queued" else "started"
         return _message(f"Run {job.name} {note}."), job

@@ -31,23 +31,35 @@ def _write_atomic(path: Path, text: str) -> None:
     temporary.replace(path)
 
 
-def read_captions(root: Path, layout: str = "auto", caption_column: str = "prompt.txt",
-                  video_column: str = "videos.txt") -> dict[str, str]:
+def read_captions(
+    root: Path,
+    layout: str = "auto",
+    caption_column: str = "prompt.txt",
+    video_column: str = "videos.txt",
+) -> dict[str, str]:
     """{file relative to root: caption} for every paired file of the dataset."""
     found = discover(root, layout, caption_column, video_column)
     return {relative_name(s.path, root): s.caption.strip() for s in found.samples}
 
 
-def write_captions(root: Path, changes: dict[str, str], layout: str = "auto",
-                   caption_column: str = "prompt.txt", video_column: str = "videos.txt") -> int:
+def write_captions(
+    root: Path,
+    changes: dict[str, str],
+    layout: str = "auto",
+    caption_column: str = "prompt.txt",
+    video_column: str = "videos.txt",
+) -> int:
     """Save new captions for the given files; returns how many changed."""
     found = discover(root, layout, caption_column, video_column)
     current = {relative_name(s.path, root): s for s in found.samples}
     unknown = [name for name in changes if name not in current]
     if unknown:
         raise UserError(f"{unknown[0]} is not a captioned file of this dataset")
-    changed = {name: " ".join(text.split()) for name, text in changes.items()
-               if " ".join(text.split()) != current[name].caption.strip()}
+    changed = {
+        name: " ".join(text.split())
+        for name, text in changes.items()
+        if " ".join(text.split()) != current[name].caption.strip()
+    }
     if not changed:
         return 0
     if found.layout == "pairs":
@@ -81,13 +93,18 @@ def find_replace(find: str, replace: str) -> Callable[[str], str]:
     return lambda text: text.replace(find, replace)
 
 
-def _rewrite_reference(root: Path, caption_column: str, video_column: str,
-                       changed: dict[str, str]) -> None:
+def _rewrite_reference(
+    root: Path, caption_column: str, video_column: str, changed: dict[str, str]
+) -> None:
     captions_path, videos_path = root / caption_column, root / video_column
-    captions = [line for line in captions_path.read_text(encoding="utf-8-sig").splitlines()
-                if line.strip()]
-    videos = [line.strip() for line in videos_path.read_text(encoding="utf-8-sig").splitlines()
-              if line.strip()]
+    captions = [
+        line for line in captions_path.read_text(encoding="utf-8-sig").splitlines() if line.strip()
+    ]
+    videos = [
+        line.strip()
+        for line in videos_path.read_text(encoding="utf-8-sig").splitlines()
+        if line.strip()
+    ]
     for index, entry in enumerate(videos):
         name = relative_name((root / entry).resolve(), root)
         if name in changed:
@@ -95,15 +112,19 @@ def _rewrite_reference(root: Path, caption_column: str, video_column: str,
     _write_atomic(captions_path, "\n".join(captions) + "\n")
 
 
-def _rewrite_metadata(root: Path, caption_column: str, video_column: str,
-                      changed: dict[str, str]) -> None:
+def _rewrite_metadata(
+    root: Path, caption_column: str, video_column: str, changed: dict[str, str]
+) -> None:
     path = next(root / name for name in METADATA_FILES if (root / name).is_file())
     if path.suffix == ".csv":
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
     else:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8-sig").splitlines()
-                if line.strip()]
+        rows = [
+            json.loads(line)
+            for line in path.read_text(encoding="utf-8-sig").splitlines()
+            if line.strip()
+        ]
     columns = list(rows[0].keys())
     file_column = pick_column(columns, video_column, FILE_COLUMNS, "file", path)
     text_column = pick_column(columns, caption_column, CAPTION_COLUMNS, "caption", path)

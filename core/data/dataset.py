@@ -185,10 +185,12 @@ def epoch_batches(
 ) -> list[list[int]]:
     """This rank's batches of one epoch: sample indices, one bucket per batch, seeded order.
 
-    Every rank computes the same global order and takes every world_size-th batch, trimmed to a
-    common count so all ranks step together.
+    The epoch is cut into global batches of batch_size x world_size samples (one bucket each),
+    and rank r trains the r-th slice of each, so N processes with batch b see exactly the
+    samples one process with batch N*b would. Every rank computes the same order.
     """
     rng = random.Random(f"{seed}-{epoch}")
+    size = batch_size * world_size
     by_bucket: dict[Bucket, list[int]] = {}
     for index, sample in enumerate(samples):
         by_bucket.setdefault(sample.bucket, []).append(index)
@@ -196,10 +198,9 @@ def epoch_batches(
     for bucket in sorted(by_bucket):
         indices = by_bucket[bucket]
         rng.shuffle(indices)
-        batches += [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+        chunks = [indices[i : i + size] for i in range(0, len(indices), size)]
+        if world_size > 1:  # every rank needs a full share: pad a short chunk by repeating it
+            chunks = [(chunk * size)[:size] for chunk in chunks]
+        batches += chunks
     rng.shuffle(batches)
-    per_rank = max(1, len(batches) // world_size)
-    mine = batches[rank::world_size]
-    if len(mine) < per_rank:  # fewer batches than ranks: ranks share, still in step
-        mine = (mine or batches[:1]) * per_rank
-    return mine[:per_rank]
+    return [batch[rank * batch_size : (rank + 1) * batch_size] for batch in batches]

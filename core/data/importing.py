@@ -87,6 +87,8 @@ def link_server_folder(path: str, allowed_roots: list[Path]) -> Path:
         raise UserError(f"the folder {folder} does not exist on the server")
     if not any(folder.is_relative_to(root.resolve()) for root in allowed_roots):
         roots = ", ".join(str(root) for root in allowed_roots)
-        raise UserError(f"{folder} is outside the folders this app may read ({roots}); start "
-                        "the app with --data-dir to allow it")
+        raise UserError(
+            f"{folder} is outside the folders this app may read ({roots}); start "
+            "the app with --data-dir to allow it"
+        )
     return folder

@@ -15,8 +15,9 @@ def thumbnail(media: Path, root: Path, size: int = 192) -> Path | None:
     from PIL import Image
 
     stat = media.stat()
-    key = hashlib.blake2b(f"{media}:{stat.st_size}:{stat.st_mtime_ns}".encode(),
-                          digest_size=10).hexdigest()
+    key = hashlib.blake2b(
+        f"{media}:{stat.st_size}:{stat.st_mtime_ns}".encode(), digest_size=10
+    ).hexdigest()
     target = root / THUMBS_DIR / f"{key}.jpg"
     if target.is_file():
         return target

@@ -172,13 +172,26 @@ def encode_videos(vae, videos: torch.Tensor) -> torch.Tensor:
     return vae.encode(videos).latent_dist.parameters
 
 
+def per_sample_randn(
+    shape: tuple[int, ...], generators: list[torch.Generator], device: torch.device
+) -> torch.Tensor:
+    """Standard normal noise [B, *shape], sample i drawn from generators[i].
+
+    Drawing each sample from its own generator makes a sample's noise independent of which
+    process trains it and of what else is in its batch.
+    """
+    return torch.stack(
+        [torch.randn(shape, generator=g, device=device, dtype=torch.float32) for g in generators]
+    )
+
+
 def sample_latents(
-    parameters: torch.Tensor, rules: FamilyRules, generator: torch.Generator | None
+    parameters: torch.Tensor, rules: FamilyRules, generators: list[torch.Generator]
 ) -> torch.Tensor:
     """Draw scaled latents [B, f, C, h, w] from stored distribution parameters (fp32)."""
     mean, logvar = parameters.float().chunk(2, dim=1)
     std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    noise = per_sample_randn(tuple(mean.shape[1:]), generators, mean.device)
     latents = (mean + std * noise) * rules.scaling_factor
     latents = latents.permute(0, 2, 1, 3, 4)
     return pad_temporal_patch(latents, rules)
@@ -262,7 +275,7 @@ def training_loss(
     alphas_cumprod: torch.Tensor,
     latents: torch.Tensor,
     prompt_embeds: torch.Tensor,
-    generator: torch.Generator | None,
+    generators: list[torch.Generator],
     rotary: RotaryCache,
     compute_dtype: torch.dtype,
 ) -> torch.Tensor:
@@ -273,10 +286,10 @@ def training_loss(
     """
     batch = latents.shape[0]
     steps = alphas_cumprod.shape[0]
-    timesteps = torch.randint(0, steps, (batch,), generator=generator, device=latents.device)
-    noise = torch.randn(
-        latents.shape, generator=generator, device=latents.device, dtype=torch.float32
+    timesteps = torch.cat(
+        [torch.randint(0, steps, (1,), generator=g, device=latents.device) for g in generators]
     )
+    noise = per_sample_randn(tuple(latents.shape[1:]), generators, latents.device)
     alpha = alphas_cumprod[timesteps].view(batch, 1, 1, 1, 1)
     clean = latents.float()
     noisy = alpha.sqrt() * clean + (1 - alpha).sqrt() * noise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,38 +33,86 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for_http(url: str, timeout: float = 60.0) -> None:
+def wait_for_http(url: str, timeout: float = 60.0, auth: tuple[str, str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
+        except urllib.error.HTTPError:
+            return  # it answers (a login page or a refusal is an answer)
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-@pytest.fixture(scope="session")
-def app_url(tmp_path_factory):
-    port = free_port()
-    workspace = tmp_path_factory.mktemp("workspace")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    log = open(workspace / "app.log", "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "app.py"), "--port", str(port), "--workspace", str(workspace)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_for_http(url)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
+class AppProcess:
+    """`python app.py` on a free loopback port, restartable on the same workspace."""
+
+    def __init__(self, workspace: Path, *extra: str, env: dict[str, str] | None = None):
+        self.workspace = workspace
+        self.extra = list(extra)
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        self.proc: subprocess.Popen | None = None
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self) -> AppProcess:
+        self.port = free_port()
+        log = open(self.workspace / f"app-{self.port}.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "app.py"),
+                "--port",
+                str(self.port),
+                "--workspace",
+                str(self.workspace),
+                *self.extra,
+            ],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_http(self.url)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: the app gets no chance to clean anything up."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=20)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def loaded_torch(self) -> bool:
+        """Whether the app process has torch's library mapped (it imports torch if so)."""
+        maps = Path(f"/proc/{self.proc.pid}/maps").read_text()
+        return "libtorch" in maps
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    path = tmp_path / "workspace"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def app(workspace):
+    app = AppProcess(workspace).start()
+    yield app
+    app.stop()
 
 
 @pytest.fixture(scope="session")
@@ -78,11 +127,28 @@ def browser():
         browser.close()
 
 
+class Shots:
+    """Screenshots of each step, kept in test-artifacts/ (never committed)."""
+
+    def __init__(self, page, test_name: str):
+        self.page = page
+        self.prefix = test_name
+        self.count = 0
+
+    def __call__(self, step: str) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.count += 1
+        self.page.screenshot(
+            path=str(ARTIFACTS / f"{self.prefix}-{self.count:02d}-{step}.png"), full_page=True
+        )
+
+
 @pytest.fixture
 def page(browser, request):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.shots = Shots(page, request.node.name)
     yield page
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    page.shots("end")
     context.close()

@@ -1,0 +1,139 @@
+"""A new user's whole path through the app, in a real browser, on the CPU demo preset.
+
+Upload a folder of clips, read the report, fix a caption, pick the CPU demo preset, train, watch
+the loss plot grow, survive a refresh and an app restart, see the validation video, preview the
+LoRA beside the base, and publish to a Hub test server on loopback. The web process must never
+have loaded torch along the way.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from core.data.synthetic import write_clip
+from tests.browser.conftest import AppProcess
+from tests.hub_server import FakeHub
+
+TOKEN = "hf_browser_test_token_0123456789"
+STEPS = 1500  # long enough to refresh and restart the app while it trains
+
+
+def make_upload(folder: Path) -> Path:
+    for index in range(4):
+        write_clip(folder / f"clip {index}.mp4", frames=17, height=64, width=96, seed=index)
+        (folder / f"clip {index}.txt").write_text(f"a coloured square, take {index}\n")
+    return folder
+
+
+def run_step(page) -> int:
+    """The step the run header shows now."""
+    text = page.locator("#run-header").inner_text()
+    match = re.search(r"step (\d+)/", text)
+    return int(match.group(1)) if match else 0
+
+
+def wait_until(check, timeout: float = 120.0, what: str = "the page"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def hub():
+    with FakeHub(tokens={TOKEN: "tester"}) as server:
+        yield server
+
+
+def test_from_a_folder_of_clips_to_a_published_lora(workspace, tmp_path, page, hub):
+    app = AppProcess(workspace, "--hub-endpoint", hub.url).start()
+    shots = page.shots
+    try:
+        page.goto(app.url)
+        # 1. Upload a folder and read the report.
+        page.locator("#upload-folder input[type=file]").set_input_files(
+            make_upload(tmp_path / "my clips")
+        )
+        page.locator("#dataset-summary").get_by_text("4 samples will be trained on").wait_for()
+        shots("report")
+        # 2. Edit one caption in place and save it.
+        page.locator('#caption-table [data-testid="cell-1-1"]').dblclick()
+        page.keyboard.press("Control+a")
+        page.keyboard.type("a coloured square, edited")
+        page.keyboard.press("Enter")
+        page.locator("#save-captions").click()
+        page.get_by_text("Saved 1 caption.").wait_for()
+        dataset = next((workspace / "datasets").iterdir())
+        assert (dataset / "clip 1.txt").read_text().strip() == "a coloured square, edited"
+        shots("caption-saved")
+        # 3. The CPU demo preset, a longer run, start.
+        page.get_by_role("tab", name="2 · Train").click()
+        page.locator("#preset input").click()
+        page.get_by_role("option", name="CPU demo (tiny model)").click()
+        page.get_by_text("GPU memory: no GPU needed").wait_for(timeout=120_000)
+        assert page.locator(
+            "#field-data_root input, #field-data_root textarea"
+        ).first.input_value() == str(dataset)
+        page.locator("#field-train_steps input").fill(str(STEPS))
+        shots("preset")
+        page.locator("#start").click()
+        page.locator("#run-header").get_by_text("my-lora").wait_for(timeout=60_000)
+        # 4. The loss plot gains points.
+        first = wait_until(lambda: run_step(page) > 0, what="a first step")
+        wait_until(lambda: run_step(page) > first, what="more steps")
+        shots("training")
+        # 5. A refresh brings the same run back, at least as far along.
+        before = run_step(page)
+        page.reload()
+        wait_until(lambda: run_step(page) >= before, what="the run after a refresh")
+        shots("after-refresh")
+        # 6. The app dies mid-run; a new one shows the run live, and it finishes.
+        app.kill()
+        app.start()
+        page.goto(app.url)
+        page.get_by_role("tab", name="3 · Runs").click()
+        after_restart = wait_until(lambda: run_step(page), what="the run after a restart")
+        wait_until(
+            lambda: "succeeded" in page.locator("#run-header").inner_text(),
+            timeout=240,
+            what="the run to succeed",
+        )
+        assert run_step(page) == STEPS >= after_restart
+        page.locator("#validation-videos").locator("video, img").first.wait_for()
+        shots("succeeded")
+        # 7. Preview: the LoRA beside the base model.
+        page.get_by_role("tab", name="4 · Preview").click()
+        page.locator("#preview-run input").click()
+        page.get_by_role("option").first.click()
+        page.get_by_label("Steps").fill("2")
+        page.get_by_label("Frames (4k+1)").fill("9")
+        page.locator("#generate").click()
+        page.locator("#preview-status").get_by_text("Done").wait_for(timeout=180_000)
+        page.locator("#preview-video video").wait_for()
+        shots("preview")
+        # 8. Publish to the Hub test server.
+        page.get_by_role("tab", name="5 · Publish").click()
+        page.locator("#publish-run input").click()
+        page.get_by_role("option").first.click()
+        page.locator("#publish-repo input, #publish-repo textarea").first.fill("tester/square-lora")
+        page.locator("#publish-token input").fill(TOKEN)
+        page.locator("#push").click()
+        link = page.locator("#repo-url")
+        link.wait_for(timeout=120_000)
+        assert link.inner_text().endswith("tester/square-lora")
+        assert hub.repo("tester/square-lora").private
+        assert "pytorch_lora_weights.safetensors" in hub.repo("tester/square-lora").files
+        shots("published")
+        # The web process served all of it without torch.
+        assert not app.loaded_torch()
+    finally:
+        app.stop()
+    for path in workspace.rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert TOKEN.encode() not in path.read_bytes(), path

@@ -1,0 +1,113 @@
+"""The translation between the page and the trainer, tested as data (no browser, no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from core.config import TrainConfig, make_config
+from core.data.captions import add_trigger, bulk_edit, find_replace, read_captions, write_captions
+from core.data.importing import import_files, link_server_folder, safe_name
+from core.data.synthetic import make_reference_dataset, write_clip
+from core.errors import UserError
+from ui.form import APP_OWNED, TrainForm, field_of_error
+
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "assets" / "presets").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def form():
+    form = TrainForm()
+    with gr.Blocks():
+        form.render()
+    return form
+
+
+def test_every_trainer_setting_has_a_widget_except_those_the_app_decides(form):
+    assert set(form.widgets) == set(TrainConfig.model_fields) - set(APP_OWNED)
+    for name, widget in form.widgets.items():
+        assert f"--{name}" in widget.info
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_each_preset_becomes_the_trainer_config_it_names(form, preset):
+    data = json.loads(preset.read_text())
+    assert data["gpu_memory"] and data["description"]
+    config = form.config(form.values_of(data["train"]))
+    for name, value in data["train"].items():
+        assert getattr(config, name) == make_config({name: value}).__getattribute__(name), name
+
+
+def test_form_values_round_trip_through_the_config(form):
+    original = make_config(
+        {
+            "validation_prompts": ["a cat", "a dog"],
+            "seed": 7,
+            "checkpointing_limit": 3,
+            "video_resolution_buckets": ["49x480x720", "1x480x720"],
+            "layerwise_upcasting_modules": ["transformer"],
+        }
+    )
+    values = form.values_of(original.model_dump(mode="json"))
+    assert form.config(values) == original
+
+
+def test_a_bad_value_names_its_field(form):
+    values = form.values_of({"lr": 1e-4})
+    values[form.fields.index("lr")] = -1
+    with pytest.raises(UserError) as raised:
+        form.config(values)
+    assert field_of_error(raised.value) == "lr"
+
+
+def test_uploaded_names_cannot_escape_and_keep_their_unicode(tmp_path):
+    assert safe_name("../../etc/passwd") == "passwd"
+    assert safe_name("..\\evil.txt") == "evil.txt"
+    assert safe_name("clip ünï 1.mp4") == "clip ünï 1.mp4"
+    source = tmp_path / "upload"
+    write_clip(source / "a b.mp4", 9, 32, 32, seed=1)
+    (source / "a b.txt").write_text("caption")
+    folder = import_files([source / "a b.mp4", source / "a b.txt"], tmp_path / "ds")
+    assert sorted(p.name for p in folder.iterdir()) == ["a b.mp4", "a b.txt"]
+    with pytest.raises(UserError, match="nothing was uploaded"):
+        import_files([], tmp_path / "empty")
+    with pytest.raises(UserError, match="outside the folders"):
+        link_server_folder(str(tmp_path), [tmp_path / "ds"])
+
+
+def test_a_flattened_reference_upload_is_repointed(tmp_path):
+    original = make_reference_dataset(tmp_path / "ref", count=2)
+    files = [
+        *sorted((original / "videos").iterdir()),
+        original / "videos.txt",
+        original / "prompt.txt",
+    ]
+    folder = import_files(files, tmp_path / "uploaded")
+    assert (folder / "videos.txt").read_text().split() == ["00.mp4", "01.mp4"]
+    assert len(read_captions(folder)) == 2
+
+
+@pytest.mark.parametrize("layout", ["pairs", "reference", "metadata"])
+def test_captions_edit_in_place_in_every_layout(layout, tmp_path):
+    root = tmp_path / layout
+    if layout == "reference":
+        make_reference_dataset(root, count=2, captions=["one", "two"])
+    else:
+        write_clip(root / "a.mp4", 9, 32, 32, seed=1)
+        write_clip(root / "b.mp4", 9, 32, 32, seed=2)
+        if layout == "pairs":
+            (root / "a.txt").write_text("one")
+            (root / "b.txt").write_text("two")
+        else:
+            (root / "metadata.csv").write_text("file_name,caption\na.mp4,one\nb.mp4,two\n")
+    first = sorted(read_captions(root))[0]
+    assert write_captions(root, {first: "  an   edited caption "}) == 1
+    assert read_captions(root)[first] == "an edited caption"
+    assert bulk_edit(root, add_trigger("SQR")) == 2
+    assert bulk_edit(root, add_trigger("SQR")) == 0  # already there
+    bulk_edit(root, find_replace("edited", "changed"))
+    assert read_captions(root)[first] == "SQR an changed caption"
+    assert not list(root.glob(".*.partial"))
