@@ -13,9 +13,9 @@ RUN apt-get update \
 WORKDIR /app
 RUN python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY requirements.txt .
+COPY requirements.txt requirements-gpu.txt ./
 # The pinned torch resolves to its CUDA build on Linux x86_64.
-RUN pip install -r requirements.txt
+RUN pip install -r requirements.txt -r requirements-gpu.txt
 
 COPY . .
 EXPOSE 7860
