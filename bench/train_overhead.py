@@ -78,7 +78,17 @@ def bare_seconds_per_step(model: Path, data: Path, steps: int) -> float:
 
     source = family.ModelSource(str(model))
     rules = family.family_rules(source)
-    prepared = prepare_samples(str(data), "prompt.txt", "videos.txt", [BUCKET], None)
+    from core.config import make_config
+
+    prepared = prepare_samples(
+        make_config(
+            {
+                "data_root": str(data),
+                "cache_dir": str(data / ".cache"),
+                "video_resolution_buckets": ["x".join(map(str, BUCKET))],
+            }
+        )
+    )
     tokenizer = family.load_tokenizer(source)
     text_encoder = family.load_text_encoder(source, torch.float32)
     vae = family.load_vae(source, torch.float32)
@@ -109,9 +119,9 @@ def bare_seconds_per_step(model: Path, data: Path, steps: int) -> float:
     stamps = []
     for step in range(steps):
         index = step % len(latents)
-        sampled = family.sample_latents(latents[index][None], rules, generator)
+        sampled = family.sample_latents(latents[index][None], rules, [generator])
         loss = family.training_loss(
-            transformer, alphas, sampled, embeds[index][None], generator, rotary, torch.float32
+            transformer, alphas, sampled, embeds[index][None], [generator], rotary, torch.float32
         )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
