@@ -244,6 +244,8 @@ class Runner:
             message = final.message if final is not None else None
             found = diagnose(exit_code, message, self._log_tail(job))
             status, reason, suggestion = found.status, found.reason, found.suggestion
+        # The wrapper has ended; a rank its launcher left behind must not run on unwatched.
+        self._signal_group(job, signal.SIGKILL)
         self.store.transition(
             job.id,
             ACTIVE,
@@ -284,31 +286,35 @@ class Runner:
                 return True
         except psutil.NoSuchProcess:
             pass
-        return bool(self._group_processes(job))
+        return bool(self._job_processes(job))
 
     @staticmethod
-    def _group_processes(job: Job) -> list[psutil.Process]:
+    def _job_processes(job: Job) -> list[psutil.Process]:
+        """Every live process of the job, found by the job folder in its environment.
+
+        Process groups are not enough: torchrun starts each rank in a session of its own, and
+        a rank whose launcher died is adopted by init; the environment goes wherever they go.
+        """
         found = []
         for process in psutil.process_iter(["pid", "status"]):
+            if process.pid == os.getpid() or process.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
             try:
-                if (
-                    os.getpgid(process.pid) == job.pgid
-                    and process.info["status"] != psutil.STATUS_ZOMBIE
-                ):
+                if process.environ().get("COGVIDEOX_JOB_DIR") == job.job_dir:
                     found.append(process)
-            except (ProcessLookupError, psutil.Error):
+            except psutil.Error:
                 continue
         return found
 
     def _trainers(self, job: Job) -> list[psutil.Process]:
         """The trainer processes of a job (every rank), not the launcher or the wrapper."""
         found = []
-        for process in self._group_processes(job):
+        for process in self._job_processes(job):
             try:
                 cmdline = process.cmdline()
             except psutil.Error:
                 continue
-            if "core.train" in cmdline and "launch" not in cmdline:
+            if _runs_module(cmdline, "core.train"):
                 found.append(process)
         return found
 
@@ -346,11 +352,14 @@ class Runner:
             except psutil.Error:
                 continue
 
-    @staticmethod
-    def _signal_group(job: Job, signum: int) -> None:
+    def _signal_group(self, job: Job, signum: int) -> None:
+        """Signal the job's process group and every process that left it."""
         if job.pgid:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(job.pgid, signum)
+        for process in self._job_processes(job):
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(signum)
 
     def _escalate(self, job: Job) -> None:
         waited = time.time() - (job.stop_requested or time.time())
@@ -418,6 +427,17 @@ class Runner:
 
     def _log_tail(self, job: Job, size: int = 8192) -> str:
         return log_tail(Path(job.job_dir) / LOG_FILE, size)
+
+
+def _runs_module(cmdline: list[str], module: str) -> bool:
+    """Whether a command line is `python [-flags] -m module ...` itself, not a launcher
+    (accelerate, torchrun) that was given the module to start."""
+    for position, argument in enumerate(cmdline[1:], start=1):
+        if argument == "-m":
+            return cmdline[position + 1 : position + 2] == [module]
+        if not argument.startswith("-"):
+            return False  # a script: the launcher's own program
+    return False
 
 
 def log_tail(path: Path, size: int = 8192) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -62,9 +61,7 @@ def runner(tmp_path):
     runner = Runner(tmp_path / "workspace", stop_grace=60, kill_grace=10)
     yield runner
     for job in runner.store.list(ACTIVE):  # never leave a run behind a failed test
-        if job.pgid:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(job.pgid, signal.SIGKILL)
+        runner._signal_group(job, signal.SIGKILL)
 
 
 def test_queue_lifecycle_disjoint_gpus_run_together_and_a_busy_gpu_waits(

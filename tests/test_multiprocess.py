@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from core.events import read_events
 from jobs.runner import Runner
 from jobs.spec import JobSpec, LaunchSettings
+from jobs.store import ACTIVE
 
 TRAIN = {
     "video_resolution_buckets": ["9x32x32"],
@@ -43,7 +44,10 @@ def spec(models, dataset, processes: int, batch: int, **train) -> JobSpec:
 
 @pytest.fixture
 def runner(tmp_path):
-    return Runner(tmp_path / "workspace", stop_grace=60, kill_grace=10)
+    runner = Runner(tmp_path / "workspace", stop_grace=60, kill_grace=10)
+    yield runner
+    for job in runner.store.list(ACTIVE):  # never leave a run behind a failed test
+        runner._signal_group(job, signal.SIGKILL)
 
 
 def test_two_ranks_train_the_same_lora_as_one_process_with_twice_the_batch(
@@ -104,3 +108,4 @@ def test_one_rank_killed_fails_the_job_and_the_others_exit(runner, tiny_models, 
     assert job.status == "failed", job.status
     assert job.reason
     assert not any(p.is_running() and p.status() != "zombie" for p in trainers)
+    assert not runner._job_processes(job), "a process of the job outlived it"
