@@ -115,10 +115,11 @@ class DatasetTab:
         ]
         private = {"api_visibility": "private"}
         for upload in (self.folder, self.zip, self.files):
+            # The upload box empties itself afterwards, ready for the next one.
             upload.upload(
                 self.import_upload,
                 [upload, self.name, buckets_widget],
-                [self.choice, *view],
+                [self.choice, *view, upload],
                 **private,
             )
         self.use_server.click(
@@ -151,14 +152,21 @@ class DatasetTab:
 
     def import_upload(self, files, name: str, buckets: str):
         files = files if isinstance(files, list) else [files] if files else []
-        target = self.studio.datasets_dir / safe_dataset_name(
-            name or time.strftime("dataset-%Y%m%d-%H%M%S")
-        )
+        if name and name.strip():
+            target = self.studio.datasets_dir / safe_dataset_name(name)
+        else:  # unnamed: after the zip, else the time, numbered if that exists already
+            first = Path(getattr(files[0], "name", files[0])) if files else None
+            base = first.stem if first and first.suffix.lower() == ".zip" else None
+            base = safe_dataset_name(base or time.strftime("dataset-%Y%m%d-%H%M%S"))
+            target, number = self.studio.datasets_dir / base, 2
+            while target.exists():
+                target, number = self.studio.datasets_dir / f"{base}-{number}", number + 1
         try:
             folder = import_files([getattr(f, "name", f) for f in files], target)
         except UserError as error:
-            return (gr.Dropdown(), _message(str(error), "error"), *[gr.skip()] * 6)
-        return self._chosen(folder, buckets, f"Imported {len(files)} files into {folder.name}.")
+            return (gr.Dropdown(), _message(str(error), "error"), *[gr.skip()] * 6, None)
+        note = f"Imported {len(files)} files into {folder.name}."
+        return (*self._chosen(folder, buckets, note), None)
 
     def use_folder(self, path: str, buckets: str):
         try:

@@ -26,7 +26,7 @@ GROUP_TITLES = {
     "validation": "Validation",
     "misc": "Tracking and misc",
 }
-OPEN_GROUPS = ("model", "dataset", "training")
+OPEN_GROUPS = ("model", "dataset", "training", "optimizer")
 
 
 LABELS = {"lr": "Learning rate", "id_token": "Trigger word (id token)"}

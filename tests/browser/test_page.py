@@ -45,6 +45,7 @@ def test_with_auth_the_page_and_its_api_refuse_requests_without_the_password(wor
         page.locator("input[type=password]").fill("wrong")
         page.get_by_role("button", name="Login").click()
         page.get_by_text("Incorrect Credentials").wait_for()
+        page.locator("input[type=text]").fill("ada")
         page.locator("input[type=password]").fill("secret-pass")
         page.get_by_role("button", name="Login").click()
         page.get_by_role("tab", name="1 · Dataset").wait_for()
