@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -14,11 +13,11 @@ import gradio as gr
 from core.errors import UserError
 from jobs.gpus import list_gpus
 from jobs.spec import JobSpec
+from jobs.store import ACTIVE
 from ui.form import TrainForm, field_of_error, label
 from ui.studio import Studio
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DUPLICATE_WINDOW = 15.0  # seconds in which the same spec started again is a double click
 
 
 def _message(text: str, kind: str = "info") -> str:
@@ -167,20 +166,17 @@ class TrainTab:
             spec = self._spec(name, gpus, values)
         except UserError as error:
             return self._error(error), None
-        recent = [
-            job
-            for job in self.studio.runner.store.list()
-            if job.kind == "train" and time.time() - job.created < DUPLICATE_WINDOW
-        ]
-        for job in recent:
-            earlier = self.studio.runner.spec(job)
-            same = earlier.train.model_copy(update={"output_dir": "", "cache_dir": None})
-            mine = self.studio.runner.resolve_paths(spec).train.model_copy(
-                update={"output_dir": "", "cache_dir": None}
-            )
-            if earlier.name == spec.name and same == mine:
+        # A second press (or a second tab) must not start the same run while it is on.
+        waiting_or_running = self.studio.runner.store.list(("queued", *ACTIVE))
+        mine = self.studio.runner.resolve_paths(spec).train.model_copy(update={"output_dir": ""})
+        for job in waiting_or_running:
+            if job.kind != "train" or job.name != spec.name:
+                continue
+            earlier = self.studio.runner.spec(job).train.model_copy(update={"output_dir": ""})
+            if earlier == mine:
                 return _message(
-                    f"This run was just started ({job.id}); it is not started twice.", "error"
+                    f"This run is already {job.status} ({job.id}); it is not started twice.",
+                    "error",
                 ), None
         job = self.studio.runner.submit(spec)
         note = "queued until its GPUs are free" if job.status == "queued" else "started"
