@@ -177,8 +177,8 @@ class EventWriter:
     an earlier run's events are never lost.
     """
 
-    def __init__(self, output_dir: str | Path, enabled: bool = True):
-        self.path = Path(output_dir) / EVENTS_FILE
+    def __init__(self, output_dir: str | Path, enabled: bool = True, filename: str = EVENTS_FILE):
+        self.path = Path(output_dir) / filename
         self.enabled = enabled
         self._file = open(self.path, "a", encoding="utf-8") if enabled else None  # noqa: SIM115
 
