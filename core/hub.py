@@ -50,8 +50,20 @@ def run_files(run_dir: Path) -> list[Path]:
         weights = [Path(LORA_WEIGHTS)] if (run_dir / LORA_WEIGHTS).is_file() else []
     if not weights:
         raise UserError(f"{run_dir} has no trained weights to push; let the run finish first")
-    samples = sorted(p.relative_to(run_dir) for p in (run_dir / "validation").glob("*/*.mp4"))
-    return [*weights, Path("train_config.json"), *samples]
+    return [*weights, Path("train_config.json"), *latest_samples(run_dir)]
+
+
+def latest_samples(run_dir: Path) -> list[Path]:
+    """The validation videos of the last validation step (what the finished model makes)."""
+    steps = [
+        (int(p.name.split("-")[-1]), p)
+        for p in (run_dir / "validation").glob("step-*")
+        if p.name.split("-")[-1].isdigit()
+    ]
+    if not steps:
+        return []
+    newest = max(steps)[1]
+    return sorted(p.relative_to(run_dir) for p in newest.glob("*.mp4"))
 
 
 def _license(base: str) -> list[str]:
@@ -113,7 +125,7 @@ def build_model_card(run_dir: str | Path, repo_id: str) -> str:
     samples = [p for p in run_files(run_dir) if p.suffix == ".mp4"]
     if samples:
         lines += ["", "## Samples", ""]
-        lines += [f"- [{p.parent.name}: {p.stem}]({p.as_posix()})" for p in samples[-6:]]
+        lines += [f"- [{p.stem} ({p.parent.name})]({p.as_posix()})" for p in samples]
     load = (
         (
             f'pipe.load_lora_weights("{repo_id}", adapter_name="cogvideox-lora")\n'

@@ -128,6 +128,8 @@ class DatasetTab:
         self.demo.click(self.make_demo, [buckets_widget], [self.choice, *view], **private)
         self.choice.input(self.show, [self.choice, buckets_widget], view, **private)
         self.refresh.click(self.show, [self.choice, buckets_widget], view, **private)
+        # The report follows the training shapes: a preset or an edit re-runs it.
+        buckets_widget.change(self.show, [self.choice, buckets_widget], view, **private)
         self.save.click(
             self.save_captions, [self.choice, self.captions, buckets_widget], view, **private
         )

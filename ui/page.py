@@ -75,6 +75,13 @@ def build_page(studio: Studio) -> gr.Blocks:
         )
         runs_tab.select(runs.refresh, [runs.selected], runs.view, **private)
         page.load(runs.refresh, [runs.selected], runs.view, **private)
+
+        def landing():
+            """A refreshed or reopened page lands on the runs while one is on its way."""
+            active = studio.runner.store.list(("queued", "starting", "running", "stopping"))
+            return gr.Tabs(selected="runs") if any(j.kind == "train" for j in active) else gr.Tabs()
+
+        page.load(landing, None, [tabs], **private)
         page.load(lambda: gr.Dropdown(choices=dataset.choices()), None, [dataset.choice], **private)
     return page
 

@@ -74,9 +74,12 @@ class PublishTab:
         if job is None or not repo:
             return "", _message("Choose a finished run and a repo id.", "error")
         try:
-            return build_model_card(Path(job.job_dir), repo), ""
+            card = build_model_card(Path(job.job_dir), repo)
         except UserError as error:
             return "", _message(html.escape(str(error)), "error")
+        # The YAML front matter is for the Hub; the page shows what people will read.
+        body = card.split("\n---\n", 1)[1] if card.startswith("---\n") else card
+        return body, ""
 
     def start_push(self, run_id: str | None, repo: str, private: bool, token: str):
         self.studio.remember_token(token)
