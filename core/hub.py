@@ -4,11 +4,12 @@
     python -m core.hub card RUN_DIR REPO_ID
 
 The push is one commit holding the LoRA (or the full-finetune transformer), README.md and the
-validation videos; never checkpoints, logs or the job's spec. The token comes from `HF_TOKEN` or
-the login cache and is never written anywhere: not to a file, a log line, an event or an error.
-A push that lost its connection can simply be run again: the run remembers (without the token)
-that it created the repo, so the retry adds to it instead of stopping at "already exists".
-Torch-free.
+last validation step's videos; never checkpoints, logs, events, the job's spec or
+train_config.json (it names the machine's own folders; the card carries the settings).
+The token comes from the caller, `HF_TOKEN` or the login cache and is never written anywhere:
+not to a file, a log line, an event or an error. A push that lost its connection can simply be
+run again: the run remembers (without the token) which repos it created, so the retry adds to
+its own repo instead of stopping at "already exists". Torch-free.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from core.errors import EXIT_USER_ERROR, UserError
 from core.events import EventWriter, PushEvent
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+CONFIG_FILE = "train_config.json"
 STATE_FILE = ".push-state.json"
-APACHE_BASES = {"thudm/cogvideox-2b"}
+TOKENS_PAGE = "https://huggingface.co/settings/tokens"
 COGVIDEOX_LICENSE = "https://huggingface.co/THUDM/CogVideoX-5b/blob/main/LICENSE"
 
 
@@ -33,24 +35,24 @@ COGVIDEOX_LICENSE = "https://huggingface.co/THUDM/CogVideoX-5b/blob/main/LICENSE
 
 
 def _train_config(run_dir: Path) -> dict:
-    path = run_dir / "train_config.json"
+    path = run_dir / CONFIG_FILE
     if not path.is_file():
-        raise UserError(f"{run_dir} holds no finished run (train_config.json is missing)")
+        raise UserError(f"{run_dir} holds no finished run ({CONFIG_FILE} is missing)")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 def run_files(run_dir: Path) -> list[Path]:
-    """The files a push uploads, relative to the run folder: weights, then samples."""
+    """The files a push uploads besides README.md, relative to the run folder."""
     config = _train_config(run_dir)
     if config.get("training_type") == "full-finetune":
-        weights = sorted(
-            p.relative_to(run_dir) for p in (run_dir / "transformer").glob("*") if p.is_file()
-        )
+        folder = run_dir / "transformer"
+        weights = sorted(p.relative_to(run_dir) for p in folder.glob("*") if p.is_file())
     else:
         weights = [Path(LORA_WEIGHTS)] if (run_dir / LORA_WEIGHTS).is_file() else []
     if not weights:
         raise UserError(f"{run_dir} has no trained weights to push; let the run finish first")
-    return [*weights, Path("train_config.json"), *latest_samples(run_dir)]
+    # train_config.json stays home: it holds the machine's own paths (data, output, base).
+    return [*weights, *latest_samples(run_dir)]
 
 
 def latest_samples(run_dir: Path) -> list[Path]:
@@ -66,14 +68,18 @@ def latest_samples(run_dir: Path) -> list[Path]:
     return sorted(p.relative_to(run_dir) for p in newest.glob("*.mp4"))
 
 
-def _license(base: str) -> list[str]:
-    if base.lower() in APACHE_BASES:
+def _license(base: str, hub_base: bool) -> list[str]:
+    """The front matter's license: a fine-tune inherits its base model's."""
+    name = base.lower()
+    if hub_base and name == "thudm/cogvideox-2b":
         return ["license: apache-2.0"]
-    return [
-        "license: other",
-        "license_name: cogvideox-license",
-        f"license_link: {COGVIDEOX_LICENSE}",
-    ]
+    if hub_base and name.startswith("thudm/cogvideox"):  # 5b, 1.5-5B and their I2V siblings
+        return [
+            "license: other",
+            "license_name: cogvideox-license",
+            f"license_link: {COGVIDEOX_LICENSE}",
+        ]
+    return ["license: other"]  # the text says it follows the base model
 
 
 def build_model_card(run_dir: str | Path, repo_id: str) -> str:
@@ -81,88 +87,88 @@ def build_model_card(run_dir: str | Path, repo_id: str) -> str:
     run_dir = Path(run_dir)
     config = _train_config(run_dir)
     base = config["pretrained_model_name_or_path"]
+    # A path on this machine means nothing on the Hub: no base_model link for it.
     hub_base = "/" in base and not Path(base).exists()
     lora = config.get("training_type") != "full-finetune"
     trigger = config.get("id_token")
-    prompt = f"{trigger} {{your prompt}}" if trigger else "{your prompt}"
+    example = (config.get("validation_prompts") or ["your prompt"])[0]
+    if trigger and trigger not in example:
+        example = f"{trigger} {example}"
     front = [
         "---",
         *([f"base_model: {base}"] if hub_base else []),
         "library_name: diffusers",
-        *_license(base),
+        *_license(base, hub_base),
+        "pipeline_tag: text-to-video",
         "tags:",
         "- text-to-video",
         "- cogvideox",
         "- diffusers",
         *(["- lora"] if lora else []),
+        *([f"instance_prompt: {json.dumps(trigger)}"] if trigger else []),
         "---",
     ]
     kind = "LoRA" if lora else "full finetune"
-    lines = [
-        *front,
-        "",
-        f"# {repo_id.split('/')[-1]}",
-        "",
-        f"A {kind} of [{base}](https://huggingface.co/{base}) trained with CogVideoX Studio."
-        if hub_base
-        else f"A {kind} of a local CogVideoX checkpoint ({Path(base).name}); "
-        "its license follows that base model's.",
-        "",
-    ]
+    if hub_base:
+        about = (
+            f"A {kind} of [{base}](https://huggingface.co/{base}), trained with CogVideoX Studio."
+        )
+        if _license(base, hub_base) == ["license: other"]:
+            about += " It is released under its base model's license."
+    else:
+        about = (
+            f"A {kind} of a local CogVideoX checkpoint (`{Path(base).name}`), trained with "
+            "CogVideoX Studio. It is released under that base model's license; in the snippet "
+            "below, put the base model's Hub id in place of the local path."
+        )
+    lines = [*front, "", f"# {repo_id.split('/')[-1]}", "", about, ""]
     if trigger:
         lines += [f"Trigger word: `{trigger}` (put it in your prompt).", ""]
     settings = [
         ("training type", config.get("training_type")),
         ("steps", config.get("train_steps")),
-        ("rank / alpha", f"{config.get('rank')} / {config.get('lora_alpha')}" if lora else None),
+        ("rank", config.get("rank") if lora else None),
+        ("alpha", config.get("lora_alpha") if lora else None),
         ("learning rate", config.get("lr")),
         ("optimizer", config.get("optimizer")),
-        ("buckets", " ".join(config.get("video_resolution_buckets", []))),
+        ("buckets", " ".join(config.get("video_resolution_buckets") or [])),
         ("seed", config.get("seed")),
     ]
     lines += ["## Training settings", "", "| setting | value |", "| --- | --- |"]
-    lines += [f"| {name} | {value} |" for name, value in settings if value is not None]
-    samples = [p for p in run_files(run_dir) if p.suffix == ".mp4"]
+    lines += [f"| {name} | {value} |" for name, value in settings if value not in (None, "")]
+    samples = latest_samples(run_dir)
     if samples:
         lines += ["", "## Samples", ""]
         lines += [f"- [{p.stem} ({p.parent.name})]({p.as_posix()})" for p in samples]
-    load = (
-        (
-            f'pipe.load_lora_weights("{repo_id}", adapter_name="cogvideox-lora")\n'
-            'pipe.set_adapters(["cogvideox-lora"], [0.75])\n'
-        )
-        if lora
-        else ""
-    )
-    transformer = (
-        ""
-        if lora
-        else "from diffusers import CogVideoXTransformer3DModel\n\n"
-        f'transformer = CogVideoXTransformer3DModel.from_pretrained("{repo_id}", '
-        'subfolder="transformer", torch_dtype=torch.bfloat16)\n'
-    )
-    extra = "" if lora else ", transformer=transformer"
-    lines += [
-        "",
-        "## Use it with diffusers",
-        "",
-        "```python",
-        "import torch",
-        "from diffusers import CogVideoXPipeline",
-        "from diffusers.utils import export_to_video",
-        "",
-        transformer.rstrip("\n"),
+    code = ["import torch"]
+    if lora:
+        code += ["from diffusers import CogVideoXPipeline"]
+    else:
+        code += ["from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel"]
+    code += ["from diffusers.utils import export_to_video", ""]
+    if not lora:
+        code += [
+            "transformer = CogVideoXTransformer3DModel.from_pretrained(",
+            f'    "{repo_id}", subfolder="transformer", torch_dtype=torch.bfloat16',
+            ")",
+        ]
+    code += [
         "pipe = CogVideoXPipeline.from_pretrained(",
-        f'    "{base}", torch_dtype=torch.bfloat16{extra}',
+        f'    "{base}", torch_dtype=torch.bfloat16' + ("" if lora else ", transformer=transformer"),
         ').to("cuda")',
-        load.rstrip("\n"),
-        "",
-        f'video = pipe("{prompt}").frames[0]',
-        'export_to_video(video, "output.mp4")',
-        "```",
-        "",
     ]
-    return "\n".join(line for line in lines if line is not None)
+    if lora:
+        code += [
+            f'pipe.load_lora_weights("{repo_id}", adapter_name="cogvideox-lora")',
+            'pipe.set_adapters(["cogvideox-lora"], [0.75])',
+        ]
+    code += [
+        "",
+        f"video = pipe({json.dumps(example)}).frames[0]",
+        'export_to_video(video, "output.mp4")',
+    ]
+    lines += ["", "## Use it with diffusers", "", "```python", *code, "```", ""]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,57 +176,68 @@ def build_model_card(run_dir: str | Path, repo_id: str) -> str:
 
 
 def resolve_token(token: str | None) -> str:
+    """The caller's token, else HF_TOKEN, else the login cache."""
     if token:
         return token
     from huggingface_hub import get_token
 
-    found = get_token()  # HF_TOKEN, then the login cache
+    found = get_token()
     if not found:
         raise UserError("no Hub token: set HF_TOKEN, run `hf auth login`, or type one in the app")
     return found
 
 
 def _state(run_dir: Path) -> dict:
-    path = run_dir / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        return json.loads((run_dir / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # no push yet (or a damaged file): nothing is known to be ours
 
 
-def _remember(run_dir: Path, repo_id: str) -> None:
+def _remember(run_dir: Path, field: str, key: str) -> None:
+    """Add `key` to a list in the run's push state (repos it tried to create, and created)."""
     state = _state(run_dir)
-    state.setdefault("created", [])
-    if repo_id not in state["created"]:
-        state["created"].append(repo_id)
-    temporary = run_dir / f".{STATE_FILE}.partial"
-    temporary.write_text(json.dumps(state))
-    temporary.replace(run_dir / STATE_FILE)
+    if key in state.setdefault(field, []):
+        return
+    state[field].append(key)
+    partial = run_dir / f"{STATE_FILE}.partial"
+    try:
+        partial.write_text(json.dumps(state, indent=2), encoding="utf-8")
+        partial.replace(run_dir / STATE_FILE)
+    except OSError:
+        pass  # a read-only run folder can still be pushed; only a retry's shortcut is lost
 
 
-def _explain(error: Exception, endpoint: str, doing: str, repo_id: str, token: str) -> UserError:
-    """One sentence for a failed Hub call; the token never appears in it."""
-    import httpx2
+def _explain(error: Exception, endpoint: str, doing: str, repo_id: str) -> str:
+    """One sentence for a failed Hub call, naming what to do about it."""
+    import httpx2  # the HTTP client huggingface_hub is built on
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     if isinstance(error, OfflineModeIsEnabled):
-        sentence = "the Hub can't be reached in offline mode: unset HF_HUB_OFFLINE to push"
-    elif isinstance(error, HfHubHTTPError) and error.response is not None:
+        return "the Hub can't be reached in offline mode; unset HF_HUB_OFFLINE to push"
+    if isinstance(error, HfHubHTTPError) and error.response is not None:
         status = error.response.status_code
         if status in (401, 403):
-            sentence = (
-                f"the Hub rejected the token while {doing} ({status}); create a write "
-                "token at https://huggingface.co/settings/tokens"
+            return (
+                f"the Hub rejected the token while {doing} ({status}); create a write token "
+                f"that may write to {repo_id.split('/')[0]} at {TOKENS_PAGE}"
             )
-        elif status == 409:
-            sentence = (
+        if status == 409:
+            return (
                 f"the repo {repo_id} already exists; choose another name or push with "
                 "--update to add a commit to it"
             )
-        else:
-            sentence = f"the Hub answered {status} while {doing}"
-    elif isinstance(error, (httpx2.TransportError, OSError, ConnectionError)):
-        sentence = f"lost the connection to {endpoint} while {doing}; run the push again to retry"
-    else:
-        sentence = f"the push failed while {doing} ({type(error).__name__})"
-    return UserError(sentence.replace(token, "***"))
+        return f"the Hub answered {status} while {doing}; run the push again to retry"
+    if isinstance(error, httpx2.ConnectError):
+        return (
+            f"could not reach {endpoint} while {doing}; check the address and the network, "
+            "then run the push again to retry"
+        )
+    if isinstance(error, (httpx2.TransportError, ConnectionError)):
+        return f"lost the connection to {endpoint} while {doing}; run the push again to retry"
+    if isinstance(error, OSError) and error.filename:
+        return f"cannot access {error.filename} while {doing} ({error.strerror})"
+    return f"the push failed while {doing} ({type(error).__name__})"
 
 
 def push_run(
@@ -232,24 +249,44 @@ def push_run(
     progress: Callable[[PushEvent], None] | None = None,
     update: bool = False,
 ) -> str:
-    """Push a finished run to `repo_id`; returns the repo's URL."""
-    import httpx2  # the HTTP client huggingface_hub is built on
+    """Push a finished run to `repo_id` in one commit; returns the repo's URL."""
+    report = progress or (lambda event: None)
+    try:
+        return _push(Path(run_dir), repo_id, private, token, endpoint, report, update)
+    except UserError as error:
+        report(PushEvent(repo_id=repo_id, phase="failed", message=str(error)))
+        raise
+
+
+def _push(run_dir, repo_id, private, token, endpoint, report, update) -> str:
+    import httpx2
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    run_dir = Path(run_dir)
-    report = progress or (lambda event: None)
+    _check_repo_id(repo_id)
     files = run_files(run_dir)
     card = build_model_card(run_dir, repo_id)
     token = resolve_token(token)
     api = HfApi(endpoint=endpoint, token=token)
-    endpoint = api.endpoint
-    ours = repo_id in _state(run_dir).get("created", [])
+    # The state names repos by endpoint too: the same id on another Hub is another repo.
+    key = f"{api.endpoint}/{repo_id}"
+    state = _state(run_dir)
     doing = "creating the repo"
     try:
         report(PushEvent(repo_id=repo_id, phase="creating repo"))
-        url = api.create_repo(repo_id, private=private, exist_ok=update or ours)
-        _remember(run_dir, repo_id)
+        # Recorded before asking, so a retry after a lost answer can recognise its own repo.
+        _remember(run_dir, "creating", key)
+        ours = key in state.get("created", [])
+        try:
+            url = str(api.create_repo(repo_id, private=private, exist_ok=update or ours))
+        except HfHubHTTPError as error:
+            # The Hub made the repo but the answer was lost: it is ours if it is still empty.
+            if error.response is None or error.response.status_code != 409:
+                raise
+            if key not in state.get("creating", []) or not _empty(api, repo_id):
+                raise
+            url = f"{api.endpoint}/{repo_id}"
+        _remember(run_dir, "created", key)
         doing = "uploading the files"
         total = len(files) + 1
         report(PushEvent(repo_id=repo_id, phase="uploading", done=0, total=total))
@@ -258,12 +295,33 @@ def push_run(
         api.create_commit(repo_id, operations, commit_message="Upload from CogVideoX Studio")
         report(PushEvent(repo_id=repo_id, phase="uploading", done=total, total=total))
     except (HfHubHTTPError, httpx2.HTTPError, OSError) as error:
-        failure = _explain(error, endpoint, doing, repo_id, token)
-        report(PushEvent(repo_id=repo_id, phase="failed", message=str(failure)))
-        raise failure from None
-    repo_url = str(url)
-    report(PushEvent(repo_id=repo_id, phase="done", done=total, total=total, url=repo_url))
-    return repo_url
+        # `from None`: the chained error would repeat the request, and the sentence says it all.
+        sentence = _explain(error, api.endpoint, doing, repo_id).replace(token, "***")
+        raise UserError(sentence) from None
+    report(PushEvent(repo_id=repo_id, phase="done", done=total, total=total, url=url))
+    return url
+
+
+def _check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+        valid = repo_id.count("/") == 1  # the card's snippet needs the owner too
+    except HFValidationError:
+        valid = False
+    if not valid:
+        raise UserError(
+            f"{repo_id!r} is not a repo id; write owner/name with letters, digits, '-', '_' "
+            "and '.' (like your-name/my-lora)"
+        )
+
+
+def _empty(api, repo_id: str) -> bool:
+    """Whether a repo holds nothing yet but what the Hub puts in a new one."""
+    siblings = api.model_info(repo_id).siblings or []
+    return {sibling.rfilename for sibling in siblings} <= {".gitattributes"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +329,7 @@ def push_run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.hub")
+    parser = argparse.ArgumentParser(prog="python -m core.hub", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     push = commands.add_parser("push", help="push a finished run to the Hub")
     card = commands.add_parser("card", help="print the model card a push would write")
@@ -280,33 +338,32 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("repo_id")
     push.add_argument("--private", action="store_true")
     push.add_argument("--update", action="store_true", help="add a commit to an existing repo")
-    push.add_argument("--endpoint", help="the Hub's address (default: the public Hub)")
-    push.add_argument("--events", help="append push progress events to this file")
+    push.add_argument("--endpoint", help="the Hub's address (default: HF_ENDPOINT or the Hub)")
+    push.add_argument("--events", help="append push progress events (JSON lines) to this file")
     args = parser.parse_args(argv)
+    writer = None
     try:
         if args.command == "card":
             print(build_model_card(args.run_dir, args.repo_id))
             return 0
-        writer = None
         if args.events:
             events = Path(args.events)
             events.parent.mkdir(parents=True, exist_ok=True)
             writer = EventWriter(events.parent, filename=events.name)
-        try:
-            url = push_run(
-                args.run_dir,
-                args.repo_id,
-                private=args.private,
-                endpoint=args.endpoint,
-                update=args.update,
-                progress=writer.emit if writer else None,
-            )
-        finally:
-            if writer:
-                writer.close()
+        url = push_run(
+            args.run_dir,
+            args.repo_id,
+            private=args.private,
+            endpoint=args.endpoint,
+            update=args.update,
+            progress=writer.emit if writer else None,
+        )
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        if writer:
+            writer.close()
     print(url)
     return 0
 
