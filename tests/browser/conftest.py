@@ -101,6 +101,17 @@ class AppProcess:
         return "libtorch" in maps
 
 
+def fill_field(page, selector: str, value: str) -> None:
+    """Type into a field and leave it, as a person does: the page takes the value on blur."""
+    field = page.locator(selector)
+    field.fill(value)
+    field.press("Tab")
+    field.page.wait_for_function(
+        "([s, v]) => document.querySelector(s) && document.querySelector(s).value === v",
+        arg=[selector, value],
+    )
+
+
 @pytest.fixture
 def workspace(tmp_path) -> Path:
     path = tmp_path / "workspace"

@@ -7,6 +7,7 @@ import time
 import zipfile
 
 from jobs.store import JobStore
+from tests.browser.conftest import fill_field
 
 
 def visible_error(page, where: str, text: str) -> None:
@@ -44,18 +45,20 @@ def test_bad_uploads_and_settings_get_messages_and_no_double_start(app, page, tm
         "#field-video_resolution_buckets input, #field-video_resolution_buckets textarea"
     ).first
     buckets.fill("49x480")
+    buckets.press("Tab")  # the page takes a value when the field loses focus
     page.locator("#start").click()
     visible_error(page, "#train-message", "is not FxHxW")
     buckets.fill("9x32x32")
-    page.locator("#field-lr input").fill("-0.001")
+    buckets.press("Tab")
+    fill_field(page, "#field-lr input", "-0.001")
     page.locator("#start").click()
     visible_error(page, "#train-message", "Learning rate")
     page.shots("negative-lr")
     assert JobStore(workspace).list() == []
 
     # Start pressed twice: one job.
-    page.locator("#field-lr input").fill("0.003")
-    page.locator("#field-train_steps input").fill("100000")
+    fill_field(page, "#field-lr input", "0.003")
+    fill_field(page, "#field-train_steps input", "100000")
     page.locator("#start").dblclick()
     page.locator("#run-header").get_by_text("my-lora").wait_for(timeout=60_000)
     page.get_by_role("tab", name="2 · Train").click()

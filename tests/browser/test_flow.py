@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from core.data.synthetic import write_clip
-from tests.browser.conftest import AppProcess
+from tests.browser.conftest import AppProcess, fill_field
 from tests.hub_server import FakeHub
 
 TOKEN = "hf_browser_test_token_0123456789"
@@ -81,12 +81,13 @@ def test_from_a_folder_of_clips_to_a_published_lora(workspace, tmp_path, page, h
         assert page.locator(
             "#field-data_root input, #field-data_root textarea"
         ).first.input_value() == str(dataset)
-        page.locator("#field-train_steps input").fill(str(STEPS))
+        fill_field(page, "#field-train_steps input", str(STEPS))
         shots("preset")
         page.locator("#start").click()
         page.locator("#run-header").get_by_text("my-lora").wait_for(timeout=60_000)
         # 4. The loss plot gains points.
         first = wait_until(lambda: run_step(page) > 0, what="a first step")
+        page.locator("#run-header").get_by_text(f"/{STEPS}").wait_for()  # the steps typed in
         wait_until(lambda: run_step(page) > first, what="more steps")
         shots("training")
         # 5. A refresh brings the same run back, at least as far along.
@@ -112,8 +113,9 @@ def test_from_a_folder_of_clips_to_a_published_lora(workspace, tmp_path, page, h
         page.get_by_role("tab", name="4 · Preview").click()
         page.locator("#preview-run input").click()
         page.get_by_role("option").first.click()
-        page.get_by_label("Steps").fill("2")
-        page.get_by_label("Frames (4k+1)").fill("9")
+        for name, value in (("Steps", "2"), ("Frames (4k+1)", "9")):
+            page.get_by_label(name).fill(value)
+            page.get_by_label(name).press("Tab")
         page.locator("#generate").click()
         page.locator("#preview-status").get_by_text("Done").wait_for(timeout=180_000)
         page.locator("#preview-video video").wait_for()
