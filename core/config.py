@@ -246,12 +246,6 @@ class TrainConfig(BaseModel):
         description="Clips per batch on each GPU.",
         json_schema_extra=_meta("training"),
     )
-    train_epochs: int | None = Field(
-        None,
-        ge=1,
-        description="Passes over the data; --train_steps takes precedence when given.",
-        json_schema_extra=_meta("training", advanced=True),
-    )
     train_steps: int = Field(
         1000,
         ge=1,

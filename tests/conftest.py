@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -49,3 +50,15 @@ def subprocess_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture
+def runner(tmp_path):
+    """A job runner on a fresh workspace; no job outlives the test that started it."""
+    from jobs.runner import Runner
+    from jobs.store import ACTIVE
+
+    runner = Runner(tmp_path / "workspace", stop_grace=60, kill_grace=10)
+    yield runner
+    for job in runner.store.list(ACTIVE):
+        runner._signal_group(job, signal.SIGKILL)

@@ -17,7 +17,6 @@ from core.events import read_events
 from jobs.__main__ import main as jobs_main
 from jobs.runner import JobError, Runner
 from jobs.spec import JobSpec
-from jobs.store import ACTIVE
 
 REPO = Path(__file__).resolve().parents[1]
 LONG = 100_000  # steps of a run that only ends when a test ends it
@@ -54,14 +53,6 @@ def steps_logged(job) -> list[int]:
     if not path.exists():
         return []
     return [e.step for e in read_events(path) if e.kind == "step"]
-
-
-@pytest.fixture
-def runner(tmp_path):
-    runner = Runner(tmp_path / "workspace", stop_grace=60, kill_grace=10)
-    yield runner
-    for job in runner.store.list(ACTIVE):  # never leave a run behind a failed test
-        runner._signal_group(job, signal.SIGKILL)
 
 
 def test_queue_lifecycle_disjoint_gpus_run_together_and_a_busy_gpu_waits(

@@ -6,14 +6,11 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from core.events import read_events
-from jobs.runner import Runner
 from jobs.spec import JobSpec, LaunchSettings
-from jobs.store import ACTIVE
 
 TRAIN = {
     "video_resolution_buckets": ["9x32x32"],
@@ -40,14 +37,6 @@ def spec(models, dataset, processes: int, batch: int, **train) -> JobSpec:
     return JobSpec(
         name=f"{processes}x{batch}", train=settings, launch=LaunchSettings(num_processes=processes)
     )
-
-
-@pytest.fixture
-def runner(tmp_path):
-    runner = Runner(tmp_path / "workspace", stop_grace=60, kill_grace=10)
-    yield runner
-    for job in runner.store.list(ACTIVE):  # never leave a run behind a failed test
-        runner._signal_group(job, signal.SIGKILL)
 
 
 def test_two_ranks_train_the_same_lora_as_one_process_with_twice_the_batch(
