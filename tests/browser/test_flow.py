@@ -81,7 +81,19 @@ def test_from_a_folder_of_clips_to_a_published_lora(workspace, tmp_path, page, h
         assert page.locator(
             "#field-data_root input, #field-data_root textarea"
         ).first.input_value() == str(dataset)
-        fill_field(page, "#field-train_steps input", str(STEPS))
+        # What the server will run is what "Show command" prints: type until it has our steps
+        # (under load a late update of the preset can still land after the first typing).
+        for _ in range(3):
+            fill_field(page, "#field-train_steps input", str(STEPS))
+            page.locator("#show-command").click()
+            try:
+                page.locator("#command").get_by_text(f"--train_steps {STEPS}").wait_for(
+                    timeout=10_000
+                )
+                break
+            except Exception:
+                continue
+        assert f"--train_steps {STEPS}" in page.locator("#command").inner_text()
         shots("preset")
         page.locator("#start").click()
         page.locator("#run-header").get_by_text("my-lora").wait_for(timeout=60_000)
