@@ -60,7 +60,9 @@ class TrainTab:
         )
         private = {"api_visibility": "private"}
         fields = self.form.components
-        self.preset.input(
+        # .select, not .input: a dropdown that loses focus sends .input again, which re-applied
+        # the preset over what the user had typed since.
+        self.preset.select(
             self.apply_preset, [self.preset], [self.preset_info, self.message, *fields], **private
         )
         self.show.click(
