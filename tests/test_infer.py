@@ -160,7 +160,7 @@ def test_a_lora_saved_again_is_loaded_again(tiny_models, lora, half_lora, refere
     shutil.copytree(lora, moving)
     cache = PipelineCache()
     before = generate(make_request(tiny_models, moving), cache, tmp_path / "before.mp4")
-    assert np.array_equal(frames_of(before.path), references["lora"])
+    assert difference(frames_of(before.path), references["lora"]) < 0.5
     time.sleep(0.01)  # a distinct modification time even on coarse clocks
     shutil.copyfile(half_lora / LORA_WEIGHTS, moving / LORA_WEIGHTS)
     after = generate(make_request(tiny_models, moving), cache, tmp_path / "after.mp4")
