@@ -9,12 +9,15 @@ have loaded torch along the way.
 from __future__ import annotations
 
 import re
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
 from core.data.synthetic import write_clip
+from jobs.runner import Runner
+from jobs.store import ACTIVE
 from tests.browser.conftest import AppProcess, fill_field
 from tests.hub_server import FakeHub
 
@@ -149,6 +152,10 @@ def test_from_a_folder_of_clips_to_a_published_lora(workspace, tmp_path, page, h
         assert not app.loaded_torch()
     finally:
         app.stop()
+        # Jobs outlive the app by design; the preview worker must not outlive the test.
+        runner = Runner(workspace)
+        for job in runner.store.list(ACTIVE):
+            runner._signal_group(job, signal.SIGKILL)
     for path in workspace.rglob("*"):
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert TOKEN.encode() not in path.read_bytes(), path
