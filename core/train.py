@@ -45,6 +45,7 @@ from core.events import (
     ValidationEvent,
     stage_after_epoch,
 )
+from core.files import write_text_atomic
 
 log = logging.getLogger("core.train")
 
@@ -67,12 +68,6 @@ def _fault(name: str) -> str | None:
 
 class StopRequested(Exception):
     """SIGINT or SIGTERM arrived: finish the step, checkpoint, report `stopped`."""
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
 
 
 def prepare_output_dir(config: TrainConfig) -> Path:

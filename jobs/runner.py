@@ -26,6 +26,7 @@ import psutil
 
 from core.config import make_config
 from core.events import FINAL_KINDS
+from core.files import write_text_atomic
 from jobs import queue
 from jobs.diagnose import diagnose
 from jobs.events import EventTail
@@ -89,7 +90,7 @@ class Runner:
         if spec.kind == "train":
             train = spec.train.model_copy(update={"output_dir": str(job_dir)})
             spec = spec.model_copy(update={"train": train})
-        _write_atomic(job_dir / SPEC_FILE, spec.model_dump_json(indent=2))
+        write_text_atomic(job_dir / SPEC_FILE, spec.model_dump_json(indent=2))
         if env:
             self._private_env[job.id] = dict(env)
         self.schedule()
@@ -471,9 +472,3 @@ def _attempt_final_event(job_dir: Path, attempt_offset: int):
         if event.kind in FINAL_KINDS:
             final = event
     return final
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)

@@ -60,13 +60,17 @@ def test_two_ranks_train_the_same_lora_as_one_process_with_twice_the_batch(
         torch.testing.assert_close(lora_two[key], lora_one[key], rtol=1e-4, atol=1e-5)
 
 
-def test_stop_and_resume_under_two_processes(runner, tiny_models, reference_dataset):
-    job = runner.submit(spec(tiny_models, reference_dataset, 2, 1, train_steps=100_000))
-    deadline = time.monotonic() + 120
-    while runner.store.get(job.id).last_step < 3:
+def wait_for_steps(runner, job, count: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while runner.store.get(job.id).last_step < count:
         assert time.monotonic() < deadline, "no steps"
         runner.poll()
         time.sleep(0.2)
+
+
+def test_stop_and_resume_under_two_processes(runner, tiny_models, reference_dataset):
+    job = runner.submit(spec(tiny_models, reference_dataset, 2, 1, train_steps=100_000))
+    wait_for_steps(runner, job, 3)
     runner.stop(job.id)
     job = runner.wait(job.id, timeout=90)
     assert job.status == "stopped", job.reason
@@ -84,11 +88,7 @@ def test_stop_and_resume_under_two_processes(runner, tiny_models, reference_data
 
 def test_one_rank_killed_fails_the_job_and_the_others_exit(runner, tiny_models, reference_dataset):
     job = runner.submit(spec(tiny_models, reference_dataset, 2, 1, train_steps=100_000))
-    deadline = time.monotonic() + 120
-    while runner.store.get(job.id).last_step < 2:
-        assert time.monotonic() < deadline, "no steps"
-        runner.poll()
-        time.sleep(0.2)
+    wait_for_steps(runner, job, 2)
     trainers = runner._trainers(runner.store.get(job.id))
     assert len(trainers) == 2
     ranks = sorted(trainers, key=lambda p: p.create_time())

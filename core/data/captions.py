@@ -23,12 +23,7 @@ from core.data.discover import (
     pick_column,
 )
 from core.errors import UserError
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
+from core.files import write_text_atomic
 
 
 def read_captions(
@@ -64,7 +59,7 @@ def write_captions(
         return 0
     if found.layout == "pairs":
         for name, text in changed.items():
-            _write_atomic(current[name].path.with_suffix(".txt"), text + "\n")
+            write_text_atomic(current[name].path.with_suffix(".txt"), text + "\n")
     elif found.layout == "reference":
         _rewrite_reference(root, caption_column, video_column, changed)
     else:
@@ -109,7 +104,7 @@ def _rewrite_reference(
         name = relative_name((root / entry).resolve(), root)
         if name in changed:
             captions[index] = changed[name]
-    _write_atomic(captions_path, "\n".join(captions) + "\n")
+    write_text_atomic(captions_path, "\n".join(captions) + "\n")
 
 
 def _rewrite_metadata(
@@ -137,6 +132,6 @@ def _rewrite_metadata(
         writer = csv.DictWriter(buffer, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-        _write_atomic(path, buffer.getvalue())
+        write_text_atomic(path, buffer.getvalue())
     else:
-        _write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
