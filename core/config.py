@@ -285,6 +285,40 @@ class TrainConfig(BaseModel):
         description="Recompute activations in the backward pass to save memory.",
         json_schema_extra=_meta("training"),
     )
+    gradient_checkpointing_ratio: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="With --gradient_checkpointing, the fraction of transformer blocks that "
+        "recompute their activations; lower is faster and holds more memory.",
+        json_schema_extra=_meta("training", advanced=True),
+    )
+    attention_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field(
+        "auto",
+        description="Attention kernel (torch SDPA backend); auto lets torch choose. flash, cudnn "
+        "and efficient need a CUDA GPU.",
+        json_schema_extra=_meta("training", advanced=True),
+    )
+    compile_transformer_blocks: bool = Field(
+        False,
+        description="Compile each transformer block with torch.compile (regional: one block's "
+        "compile time); the first steps are slower while it compiles.",
+        json_schema_extra=_meta("training", advanced=True),
+    )
+    logging_steps: int = Field(
+        1,
+        ge=1,
+        le=10000,
+        description="Read the loss back from the GPU every this many steps (each read waits for "
+        "the GPU); every step is still reported.",
+        json_schema_extra=_meta("training", advanced=True),
+    )
+    expandable_segments: bool = Field(
+        False,
+        description="Let the CUDA allocator grow memory segments in place, which lowers "
+        "reserved memory when shapes vary.",
+        json_schema_extra=_meta("training", advanced=True),
+    )
     checkpointing_steps: int = Field(
         500,
         ge=1,
@@ -327,6 +361,12 @@ class TrainConfig(BaseModel):
         False,
         description="Keep optimizer states in 8 bits (bitsandbytes).",
         json_schema_extra=_meta("optimizer"),
+    )
+    optimizer_implementation: Literal["auto", "for-loop", "foreach", "fused"] = Field(
+        "auto",
+        description="Kernel of torch's Adam/AdamW: auto (torch's default), a Python loop, "
+        "foreach (batched) or fused (one kernel).",
+        json_schema_extra=_meta("optimizer", advanced=True),
     )
     lr: float = Field(
         1e-4, gt=0, le=1.0, description="Learning rate.", json_schema_extra=_meta("optimizer")

@@ -21,6 +21,7 @@ import time
 import traceback
 from collections import Counter, deque
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from core.config import TrainConfig, parse_args
 from core.data.dataset import relative_name
@@ -64,6 +65,17 @@ def _fault(name: str) -> str | None:
     value = os.environ.get(FAULT_ENV, "")
     kind, _, argument = value.partition(":")
     return argument or "" if kind == name else None
+
+
+class PendingStep(NamedTuple):
+    """A finished step whose loss (and gradient norm) may still be on the device."""
+
+    step: int
+    epoch: int
+    loss: Any  # a 0-d tensor
+    grad_norm: Any  # a 0-d tensor, a float, or None before the first optimizer step
+    lr: float
+    samples: int
 
 
 class StopRequested(Exception):
@@ -180,6 +192,11 @@ class Trainer:
                 "--layerwise_upcasting_modules: fp8 storage works with "
                 "--training_type lora only (full finetuning updates those weights)"
             )
+        if config.use_8bit_bnb and config.optimizer_implementation != "auto":
+            raise UserError(
+                "--optimizer_implementation applies to torch's Adam/AdamW; the 8-bit optimizers "
+                "of --use_8bit_bnb have their own kernels, so leave it at auto"
+            )
         self.rules = family.family_rules(self.source)
         step = self.rules.frame_step
         for frames, height, width in config.buckets:
@@ -200,6 +217,10 @@ class Trainer:
         from accelerate.utils import ProjectConfiguration, set_seed
 
         config = self.config
+        if config.expandable_segments:
+            from core.performance import enable_expandable_segments
+
+            enable_expandable_segments()  # before accelerate touches the GPU
         log_with = None if config.report_to == "none" else config.report_to
         self.accelerator = Accelerator(
             log_with=log_with,
@@ -329,8 +350,11 @@ class Trainer:
 
     def load_transformer(self) -> None:
         from core.models import cogvideox as family
+        from core.performance import check_attention_backend
 
         config = self.config
+        dtype = family.DTYPES[config.transformer_dtype]
+        check_attention_backend(config.attention_backend, self.device, dtype)
         self.emit(ProgressEvent(phase="loading transformer", done=0, total=1))
         transformer = family.load_transformer(self.source, family.DTYPES[config.transformer_dtype])
         if config.training_type == "lora":
@@ -343,6 +367,7 @@ class Trainer:
         from diffusers.optimization import get_scheduler
 
         from core.models import cogvideox as family
+        from core.performance import checkpoint_blocks, compile_blocks
 
         config = self.config
         accelerator = self.accelerator
@@ -373,7 +398,14 @@ class Trainer:
         else:
             transformer.requires_grad_(True)
         if config.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
+            blocks = checkpoint_blocks(transformer, config.gradient_checkpointing_ratio)
+            log.info(
+                "Gradient checkpointing in %d of %d blocks",
+                blocks,
+                len(transformer.transformer_blocks),
+            )
+        if config.compile_transformer_blocks:
+            compile_blocks(transformer)
         transformer.train()
         self.compute_dtype = compute_dtype
         trainable = [p for p in transformer.parameters() if p.requires_grad]
@@ -424,6 +456,8 @@ class Trainer:
     def train(self) -> None:
         import torch
 
+        from core.performance import attention_context
+
         config = self.config
         accelerator = self.accelerator
         world = accelerator.num_processes
@@ -449,9 +483,10 @@ class Trainer:
         self.emit_stage(STAGE_BEFORE_TRAINING)
         self.training_started = True
         stream = self._batches()
-        recent = deque(maxlen=20)
+        self._recent_seconds = deque(maxlen=20)
+        self._window = []  # steps whose loss is still on the device
+        self._window_started = time.perf_counter()
         while self.state.global_step < config.train_steps:
-            started = time.perf_counter()
             loss_sum = torch.zeros((), device=self.device)
             samples = 0
             grad_norm = None
@@ -461,7 +496,10 @@ class Trainer:
                 )
             for micro in range(config.gradient_accumulation_steps):
                 indices, videos = next(stream)
-                with accelerator.accumulate(self.transformer):
+                with (
+                    accelerator.accumulate(self.transformer),
+                    attention_context(config.attention_backend),
+                ):
                     loss = self._loss(indices, videos, micro)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
@@ -477,49 +515,91 @@ class Trainer:
             self.lr_scheduler.step()
             self.state.global_step += 1
             step = self.state.global_step
-            loss_value = (loss_sum / config.gradient_accumulation_steps).item()
-            if not math.isfinite(loss_value):
-                raise UserError(
-                    f"the loss became {loss_value} at step {step}: lower --lr, or "
-                    "train the transformer in bf16/fp32 rather than fp16"
-                )
-            seconds = time.perf_counter() - started
-            recent.append(seconds)
-            remaining = config.train_steps - step
-            lr_value = self.lr_scheduler.get_last_lr()[0]
-            norm_value = float(grad_norm) if grad_norm is not None else None
-            self.emit(
-                StepEvent(
+            self._window.append(
+                PendingStep(
                     step=step,
-                    total_steps=config.train_steps,
                     epoch=self.state.epoch + 1,
-                    loss=loss_value,
-                    lr=lr_value,
-                    grad_norm=norm_value,
-                    step_seconds=seconds,
-                    samples_per_second=samples * world / seconds if seconds else 0.0,
-                    eta_seconds=remaining * sum(recent) / len(recent),
+                    loss=loss_sum / config.gradient_accumulation_steps,
+                    grad_norm=grad_norm,
+                    lr=self.lr_scheduler.get_last_lr()[0],
+                    samples=samples * world,
                 )
             )
-            if self.trackers_on:
-                accelerator.log(
-                    {"loss": loss_value, "lr": lr_value, "grad_norm": norm_value or 0.0}, step=step
-                )
-            if step % config.checkpointing_steps == 0 and step < config.train_steps:
-                self.save_checkpoint()
-            if (
+            checkpoint_due = step % config.checkpointing_steps == 0
+            validation_due = bool(
                 config.validation_prompts
                 and config.validation_steps
                 and step % config.validation_steps == 0
-                and step < config.train_steps
+            )
+            # Reading the loss waits for the GPU to finish the step, so it happens every
+            # --logging_steps steps, and before anything that reports where the run stands.
+            if (
+                step % config.logging_steps == 0
+                or step == config.train_steps
+                or checkpoint_due
+                or validation_due
             ):
+                self._report_steps()
+            if step == config.train_steps:
+                break
+            if checkpoint_due:
+                self.save_checkpoint()
+            if validation_due:
                 self.validate()
-            if step < config.train_steps and self._stop_agreed():
+            if checkpoint_due or validation_due:
+                self._window_started = time.perf_counter()  # a step's time is the step's alone
+            # Agreeing on a stop between ranks is a reduction that waits for the GPU too.
+            if (world == 1 or not self._window) and self._stop_agreed():
                 raise StopRequested
         self.emit_stage(stage_after_epoch(self.state.epoch + 1))
         if config.validation_prompts:
             self.validate()
         self.emit_stage(STAGE_AFTER_TRAINING)
+
+    def _report_steps(self) -> None:
+        """Read the window's losses and gradient norms back in one transfer; report each step."""
+        import torch
+
+        config = self.config
+        window, self._window = self._window, []
+        now = time.perf_counter()
+        seconds = (now - self._window_started) / len(window)  # queued steps share the time
+        self._window_started = now
+        nan = torch.full((), float("nan"), device=self.device)
+        values = [pending.loss.float() for pending in window]
+        values += [
+            nan if pending.grad_norm is None else torch.as_tensor(pending.grad_norm).float()
+            for pending in window
+        ]
+        numbers = torch.stack([value.to(self.device) for value in values]).tolist()
+        losses, norms = numbers[: len(window)], numbers[len(window) :]
+        for pending, loss_value, norm_value in zip(window, losses, norms, strict=True):
+            if not math.isfinite(loss_value):
+                raise UserError(
+                    f"the loss became {loss_value} at step {pending.step}: lower --lr, or "
+                    "train the transformer in bf16/fp32 rather than fp16"
+                )
+            norm = None if pending.grad_norm is None else norm_value
+            self._recent_seconds.append(seconds)
+            recent = self._recent_seconds
+            self.emit(
+                StepEvent(
+                    step=pending.step,
+                    total_steps=config.train_steps,
+                    epoch=pending.epoch,
+                    loss=loss_value,
+                    lr=pending.lr,
+                    grad_norm=norm,
+                    step_seconds=seconds,
+                    samples_per_second=pending.samples / seconds if seconds else 0.0,
+                    eta_seconds=(config.train_steps - pending.step) * sum(recent) / len(recent),
+                )
+            )
+            if self.trackers_on:
+                self.accelerator.log(
+                    {"loss": loss_value, "lr": pending.lr, "grad_norm": norm or 0.0},
+                    step=pending.step,
+                )
 
     def save_outputs(self) -> list[str]:
         """The final weights (LoRA file or transformer folder) and train_config.json."""
@@ -647,6 +727,8 @@ class Trainer:
     def _make_optimizer(self, parameters, lr: float):
         import torch
 
+        from core.performance import optimizer_kwargs
+
         config = self.config
         kwargs = dict(
             lr=lr,
@@ -660,7 +742,9 @@ class Trainer:
             cls = bnb.optim.AdamW8bit if config.optimizer == "adamw" else bnb.optim.Adam8bit
             return cls(parameters, **kwargs)
         cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        return cls(parameters, **kwargs)
+        return cls(
+            parameters, **kwargs, **optimizer_kwargs(config.optimizer_implementation, self.device)
+        )
 
     # ---- checkpoints ------------------------------------------------------------------------
 
@@ -748,6 +832,7 @@ class Trainer:
         from core.data.video import write_video
         from core.memory import free_accelerator_memory
         from core.models import cogvideox as family
+        from core.performance import attention_context
 
         config = self.config
         self.emit_stage(STAGE_BEFORE_VALIDATION)
@@ -780,17 +865,18 @@ class Trainer:
                 if world == 1:
                     self._check_stop()
                 generator = torch.Generator(self.device).manual_seed(config.seed + number)
-                video = family.generate(
-                    pipeline,
-                    embed.to(self.device),
-                    self.negative_embed.to(self.device),
-                    frames,
-                    height,
-                    width,
-                    config.validation_inference_steps,
-                    config.validation_guidance_scale,
-                    generator,
-                )
+                with attention_context(config.attention_backend):
+                    video = family.generate(
+                        pipeline,
+                        embed.to(self.device),
+                        self.negative_embed.to(self.device),
+                        frames,
+                        height,
+                        width,
+                        config.validation_inference_steps,
+                        config.validation_guidance_scale,
+                        generator,
+                    )
                 name = f"{index:02d}-{_slug(prompt)}-{number}.mp4"
                 write_video(folder / name, video, fps=config.validation_fps)
                 files.append(str((folder / name).relative_to(self.output_dir)))
@@ -878,6 +964,8 @@ class Trainer:
     def _stop(self) -> int:
         checkpoint = None
         step = self.state.global_step if hasattr(self, "state") else 0
+        if getattr(self, "_window", None):
+            self._report_steps()  # the steps since the last read are done: report them first
         if self.training_started and step > 0:
             saved = self.last_checkpoint
             if saved is None or not saved.name.endswith(f"-{step}"):

@@ -1,0 +1,135 @@
+"""The trainer's speed and memory switches, each behind its own flag (core/config.py).
+
+Every switch here changes how fast a step runs or how much memory it holds, never what it
+computes (up to floating-point order): the attention kernel, regional compilation of the
+transformer blocks, how many blocks recompute their activations, the optimizer's kernel and the
+CUDA allocator's segment policy. `bench/gpu_stage_table.py` measures each one with and without.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import torch
+
+from core.errors import UserError
+
+# --attention_backend -> torch's SDPA backends. "auto" leaves the choice to torch.
+_SDPA_BACKENDS = {
+    "flash": "FLASH_ATTENTION",
+    "cudnn": "CUDNN_ATTENTION",
+    "efficient": "EFFICIENT_ATTENTION",
+    "math": "MATH",
+}
+
+
+def attention_context(backend: str):
+    """A context under which scaled-dot-product attention uses only `backend`.
+
+    It must cover the backward pass too: recomputed (checkpointed) blocks run their attention
+    again there, and would otherwise pick a kernel of their own.
+    """
+    if backend == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, _SDPA_BACKENDS[backend])])
+
+
+def check_attention_backend(backend: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Fail before training if the chosen kernel cannot run CogVideoX's attention here.
+
+    One tiny attention of the real head dim (64) in the real dtype, forward and backward, under
+    the chosen backend: torch raises "No available kernel" when the GPU, dtype or build lacks it.
+    """
+    if backend == "auto":
+        return
+    if backend != "math" and device.type != "cuda":
+        raise UserError(
+            f"--attention_backend {backend} needs a CUDA GPU; on {device.type} use auto or math"
+        )
+    shape = (1, 2, 64, 64)  # batch, heads, tokens, head dim
+    query = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+    try:
+        with attention_context(backend):
+            out = torch.nn.functional.scaled_dot_product_attention(query, query, query)
+            out.sum().backward()
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[0][:200]
+        raise UserError(
+            f"--attention_backend {backend} cannot run here ({reason}); choose auto"
+        ) from None
+
+
+def checkpoint_blocks(transformer, ratio: float) -> int:
+    """Recompute activations in the backward pass for `ratio` of the transformer blocks.
+
+    With every block (ratio 1) this is diffusers' own gradient checkpointing. With fewer, the
+    first blocks are wrapped one by one: the rest keep their activations, which costs memory and
+    saves their recomputation (about a third of a step's forward work per block). The wrapper
+    replaces the block's `forward` on the instance, so parameter names (and the saved LoRA's
+    keys) do not change. Returns the number of checkpointed blocks.
+    """
+    blocks = transformer.transformer_blocks
+    count = round(ratio * len(blocks))
+    if count >= len(blocks):
+        transformer.enable_gradient_checkpointing()
+        return len(blocks)
+    from torch.utils.checkpoint import checkpoint
+
+    for block in list(blocks)[:count]:
+        original = block.forward
+
+        @functools.wraps(original)
+        def recomputed(*args, _forward=original, **kwargs):
+            if not torch.is_grad_enabled():  # inference (validation) keeps nothing anyway
+                return _forward(*args, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        block.forward = recomputed
+    return count
+
+
+def compile_blocks(transformer) -> int:
+    """Regional compilation: each transformer block is compiled on its own.
+
+    The blocks share one code path, so torch compiles it once and reuses the graph for every
+    block (parameters are graph inputs); compile time stays that of one block rather than of the
+    whole model, and the embedding and output layers run eagerly.
+    """
+    for block in transformer.transformer_blocks:
+        block.compile()
+    return len(transformer.transformer_blocks)
+
+
+def optimizer_kwargs(implementation: str, device: torch.device) -> dict:
+    """The keyword that picks torch's Adam/AdamW kernel: a Python loop, foreach or fused."""
+    if implementation == "auto":
+        return {}
+    if implementation == "for-loop":
+        return {"foreach": False}
+    if implementation == "foreach":
+        return {"foreach": True}
+    if device.type not in ("cuda", "cpu"):
+        raise UserError(
+            f"--optimizer_implementation fused has no kernel on {device.type}; choose auto"
+        )
+    return {"fused": True}
+
+
+ALLOCATOR_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+
+
+def enable_expandable_segments() -> None:
+    """Let the CUDA caching allocator grow segments in place instead of caching fixed blocks.
+
+    Must run before the first CUDA allocation. It lowers reserved memory when tensor sizes vary
+    (buckets of different shapes, validation beside training); it changes nothing on the CPU.
+    """
+    settings = [s for s in os.environ.get(ALLOCATOR_ENV, "").split(",") if s]
+    settings = [s for s in settings if not s.startswith("expandable_segments")]
+    os.environ[ALLOCATOR_ENV] = ",".join([*settings, "expandable_segments:True"])
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
