@@ -14,9 +14,9 @@ peaks too.
     python bench/gpu_stage_table.py --device cpu --scale tiny   # the script's own test
 
 Options (each one change to the baseline): fp8 (frozen weights stored in float8), 8bit-adam,
-compile (regional torch.compile), attention=flash|cudnn|efficient|math, checkpointing=RATIO,
-no-checkpointing, fused / foreach (optimizer kernels), logging=N (read the loss every N steps),
-expandable (CUDA expandable segments), pinned (pinned-memory latents).
+compile (regional torch.compile), attention=fastest|flash|cudnn|efficient|math,
+checkpointing=RATIO, no-checkpointing, fused / foreach (optimizer kernels), logging=N (read the
+loss every N steps), expandable (CUDA expandable segments), pinned (pinned-memory latents).
 
 FLOPs are the model's: 3x the forward pass's matrix products (no recomputation counted), from
 the architecture and the bucket. The fraction of peak uses the GPU's dense bf16 rate (a table of

@@ -293,10 +293,10 @@ class TrainConfig(BaseModel):
         "recompute their activations; lower is faster and holds more memory.",
         json_schema_extra=_meta("training", advanced=True),
     )
-    attention_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field(
+    attention_backend: Literal["auto", "fastest", "flash", "cudnn", "efficient", "math"] = Field(
         "auto",
-        description="Attention kernel (torch SDPA backend); auto lets torch choose. flash, cudnn "
-        "and efficient need a CUDA GPU.",
+        description="Attention kernel (torch SDPA backend): auto lets torch choose; fastest "
+        "times flash, cudnn and efficient on this GPU at start and keeps the winner.",
         json_schema_extra=_meta("training", advanced=True),
     )
     compile_transformer_blocks: bool = Field(

@@ -38,13 +38,45 @@ def attention_context(backend: str):
     return sdpa_kernel([getattr(SDPBackend, _SDPA_BACKENDS[backend])])
 
 
+def fastest_attention_backend(
+    device: torch.device, dtype: torch.dtype, heads: int, head_dim: int, tokens: int
+) -> str:
+    """Time each fused SDPA kernel on one attention of the run's shape; return the fastest.
+
+    Which of flash, cuDNN and memory-efficient attention wins for head dim 64 depends on the GPU
+    and the torch build, so it is measured here rather than assumed: forward and backward, after
+    one warm-up, on CUDA events. Kernels that cannot run are left out; the CPU gets "auto".
+    """
+    if device.type != "cuda":
+        return "auto"
+    tokens = min(tokens, 8192)  # the ranking holds at this length; the probe stays short
+    shape = (1, heads, tokens, head_dim)
+    query = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+    timings = {}
+    for backend in ("cudnn", "flash", "efficient"):
+        try:
+            with attention_context(backend):
+                for _ in range(2):  # the first call warms the kernel up
+                    start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+                    start.record()
+                    out = torch.nn.functional.scaled_dot_product_attention(query, query, query)
+                    out.sum().backward()
+                    end.record()
+            torch.cuda.synchronize(device)
+            timings[backend] = start.elapsed_time(end)
+        except RuntimeError:
+            continue
+    del query
+    return min(timings, key=timings.get) if timings else "auto"
+
+
 def check_attention_backend(backend: str, device: torch.device, dtype: torch.dtype) -> None:
     """Fail before training if the chosen kernel cannot run CogVideoX's attention here.
 
     One tiny attention of the real head dim (64) in the real dtype, forward and backward, under
     the chosen backend: torch raises "No available kernel" when the GPU, dtype or build lacks it.
     """
-    if backend == "auto":
+    if backend in ("auto", "fastest"):
         return
     if backend != "math" and device.type != "cuda":
         raise UserError(

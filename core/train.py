@@ -360,7 +360,28 @@ class Trainer:
         if config.training_type == "lora":
             family.lora_target_check(transformer, config.target_modules)
         self.transformer = transformer.to(self.device)
+        self.attention_backend = config.attention_backend
+        if config.attention_backend == "fastest":
+            self.attention_backend = self._fastest_attention(transformer.config, dtype)
         self.emit(ProgressEvent(phase="loading transformer", done=1, total=1))
+
+    def _fastest_attention(self, architecture, dtype) -> str:
+        from core.performance import fastest_attention_backend
+
+        patch, patch_t = architecture.patch_size, architecture.patch_size_t or 1
+        tokens = architecture.max_text_seq_length + max(
+            -(-((frames - 1) // 4 + 1) // patch_t) * (height // 8 // patch) * (width // 8 // patch)
+            for frames, height, width in self.config.buckets
+        )
+        backend = fastest_attention_backend(
+            self.device,
+            dtype,
+            architecture.num_attention_heads,
+            architecture.attention_head_dim,
+            tokens,
+        )
+        log.info("Fastest attention kernel on %s: %s", self.device, backend)
+        return backend
 
     def setup_training(self) -> None:
         import torch
@@ -498,7 +519,7 @@ class Trainer:
                 indices, videos = next(stream)
                 with (
                     accelerator.accumulate(self.transformer),
-                    attention_context(config.attention_backend),
+                    attention_context(self.attention_backend),
                 ):
                     loss = self._loss(indices, videos, micro)
                     accelerator.backward(loss)
@@ -865,7 +886,7 @@ class Trainer:
                 if world == 1:
                     self._check_stop()
                 generator = torch.Generator(self.device).manual_seed(config.seed + number)
-                with attention_context(config.attention_backend):
+                with attention_context(self.attention_backend):
                     video = family.generate(
                         pipeline,
                         embed.to(self.device),

@@ -131,3 +131,14 @@ def test_impossible_switches_are_one_sentence(
     assert code == EXIT_USER_ERROR
     assert len(failed) == 1 and failed[0].message.startswith(expected)
     assert "\n" not in failed[0].message
+
+
+def test_fastest_attention_falls_back_to_torchs_choice_off_cuda():
+    import torch
+
+    from core.performance import check_attention_backend, fastest_attention_backend
+
+    cpu = torch.device("cpu")
+    assert fastest_attention_backend(cpu, torch.float32, heads=2, head_dim=64, tokens=300) == "auto"
+    check_attention_backend("fastest", cpu, torch.float32)  # resolved later, never refused
+    check_attention_backend("math", cpu, torch.float32)
