@@ -16,7 +16,8 @@ peaks too.
 Options (each one change to the baseline): fp8 (frozen weights stored in float8), 8bit-adam,
 compile (regional torch.compile), attention=fastest|flash|cudnn|efficient|math,
 checkpointing=RATIO, no-checkpointing, fused / foreach (optimizer kernels), logging=N (read the
-loss every N steps), expandable (CUDA expandable segments), pinned (pinned-memory latents).
+loss every N steps), expandable (CUDA expandable segments), pinned (pinned-memory latents),
+offload (checkpointed blocks' inputs kept in CPU memory).
 
 FLOPs are the model's: 3x the forward pass's matrix products (no recomputation counted), from
 the architecture and the bucket. The fraction of peak uses the GPU's dense bf16 rate (a table of
@@ -91,6 +92,7 @@ OPTIONS = {
     "foreach": ["--optimizer_implementation", "foreach"],
     "expandable": ["--expandable_segments"],
     "pinned": ["--pin_memory"],
+    "offload": ["--offload_activations"],
     "no-checkpointing": ["--no-gradient_checkpointing"],
 }
 PARAMETRIC_OPTIONS = {

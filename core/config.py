@@ -293,6 +293,12 @@ class TrainConfig(BaseModel):
         "recompute their activations; lower is faster and holds more memory.",
         json_schema_extra=_meta("training", advanced=True),
     )
+    offload_activations: bool = Field(
+        False,
+        description="With --gradient_checkpointing, keep the checkpointed blocks' inputs in CPU "
+        "memory until the backward pass (less GPU memory, more copying).",
+        json_schema_extra=_meta("training", advanced=True),
+    )
     attention_backend: Literal["auto", "fastest", "flash", "cudnn", "efficient", "math"] = Field(
         "auto",
         description="Attention kernel (torch SDPA backend): auto lets torch choose; fastest "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 
 import torch
@@ -95,33 +96,63 @@ def check_attention_backend(backend: str, device: torch.device, dtype: torch.dty
         ) from None
 
 
-def checkpoint_blocks(transformer, ratio: float) -> int:
+def checkpoint_blocks(transformer, ratio: float, offload: bool = False) -> int:
     """Recompute activations in the backward pass for `ratio` of the transformer blocks.
 
-    With every block (ratio 1) this is diffusers' own gradient checkpointing. With fewer, the
-    first blocks are wrapped one by one: the rest keep their activations, which costs memory and
-    saves their recomputation (about a third of a step's forward work per block). The wrapper
-    replaces the block's `forward` on the instance, so parameter names (and the saved LoRA's
-    keys) do not change. Returns the number of checkpointed blocks.
+    With every block (ratio 1) and no offload this is diffusers' own gradient checkpointing.
+    Otherwise the first blocks are wrapped one by one: the rest keep their activations, which
+    costs memory and saves their recomputation (about a third of a step's forward work per
+    block). The wrapper replaces the block's `forward` on the instance, so parameter names (and
+    the saved LoRA's keys) do not change. Returns the number of checkpointed blocks.
+
+    `offload` keeps what a checkpointed block saves, its inputs, in CPU memory until the backward
+    pass needs them (see `offload_activations`). That needs torch's reentrant checkpoint, which
+    saves its inputs through autograd, where the offload hooks can move them.
     """
     blocks = transformer.transformer_blocks
     count = round(ratio * len(blocks))
-    if count >= len(blocks):
+    if count >= len(blocks) and not offload:
         transformer.enable_gradient_checkpointing()
         return len(blocks)
+    for block in list(blocks)[:count]:
+        block.forward = _recomputed(block.forward, reentrant=offload)
+    return count
+
+
+def _recomputed(forward, reentrant: bool):
     from torch.utils.checkpoint import checkpoint
 
-    for block in list(blocks)[:count]:
-        original = block.forward
+    signature = inspect.signature(forward)
 
-        @functools.wraps(original)
-        def recomputed(*args, _forward=original, **kwargs):
-            if not torch.is_grad_enabled():  # inference (validation) keeps nothing anyway
-                return _forward(*args, **kwargs)
-            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+    @functools.wraps(forward)
+    def recomputed(*args, **kwargs):
+        if not torch.is_grad_enabled():  # inference (validation) keeps nothing anyway
+            return forward(*args, **kwargs)
+        if not reentrant:
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        # The reentrant form takes positional arguments only, and returns outputs that need no
+        # gradient when no input does (a LoRA's first block: its input comes from frozen
+        # layers). A leaf that asks for a gradient keeps the block's LoRA weights learning.
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = list(bound.arguments.values())
+        if not any(isinstance(v, torch.Tensor) and v.requires_grad for v in values):
+            values[0] = values[0].detach().requires_grad_()
+        return checkpoint(forward, *values, use_reentrant=True)
 
-        block.forward = recomputed
-    return count
+    return recomputed
+
+
+def offload_activations(enabled: bool, device: torch.device):
+    """A context under which tensors saved for the backward pass wait in CPU memory.
+
+    Around the forward pass with checkpointed blocks, what is saved is mostly each block's input
+    (for CogVideoX-5B at 49x480x720, 42 x 105 MB): moved to pinned host memory as the forward
+    goes, and back when the backward pass reaches each block, at the cost of the copies.
+    """
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda")
 
 
 def compile_blocks(transformer) -> int:

@@ -192,6 +192,11 @@ class Trainer:
                 "--layerwise_upcasting_modules: fp8 storage works with "
                 "--training_type lora only (full finetuning updates those weights)"
             )
+        if config.offload_activations and not config.gradient_checkpointing:
+            raise UserError(
+                "--offload_activations moves the inputs of checkpointed blocks to the CPU: "
+                "add --gradient_checkpointing"
+            )
         if config.use_8bit_bnb and config.optimizer_implementation != "auto":
             raise UserError(
                 "--optimizer_implementation applies to torch's Adam/AdamW; the 8-bit optimizers "
@@ -419,7 +424,9 @@ class Trainer:
         else:
             transformer.requires_grad_(True)
         if config.gradient_checkpointing:
-            blocks = checkpoint_blocks(transformer, config.gradient_checkpointing_ratio)
+            blocks = checkpoint_blocks(
+                transformer, config.gradient_checkpointing_ratio, config.offload_activations
+            )
             log.info(
                 "Gradient checkpointing in %d of %d blocks",
                 blocks,
@@ -703,6 +710,7 @@ class Trainer:
         import torch
 
         from core.models import cogvideox as family
+        from core.performance import offload_activations
 
         generators = self._sample_generators(indices, micro)
         if self.cached_latents is not None:
@@ -718,15 +726,16 @@ class Trainer:
             )
         embeds = self._drop_captions(embeds, generators)
         latents = family.sample_latents(parameters, self.rules, generators)
-        return family.training_loss(
-            self.transformer,
-            self.alphas_cumprod,
-            latents,
-            embeds,
-            generators,
-            self.rotary,
-            self.compute_dtype,
-        )
+        with offload_activations(self.config.offload_activations, self.device):
+            return family.training_loss(
+                self.transformer,
+                self.alphas_cumprod,
+                latents,
+                embeds,
+                generators,
+                self.rotary,
+                self.compute_dtype,
+            )
 
     def _drop_captions(self, embeds, generators: list):
         """Replace each caption by the empty prompt (or zeros) with --caption_dropout_p."""

@@ -70,6 +70,13 @@ def plain_and_tuned(tiny_models, reference_dataset, tmp_path_factory):
     return plain, tuned
 
 
+@pytest.fixture(scope="module")
+def offloaded(tiny_models, reference_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("offloaded")
+    flags = ["--gradient_checkpointing", "--offload_activations"]
+    return _run(tiny_models, reference_dataset, out, *flags)
+
+
 def _losses(events):
     return {e.step: e.loss for e in events if e.kind == "step"}
 
@@ -112,6 +119,24 @@ def test_partial_checkpointing_and_compile_keep_the_lora_keys(plain_and_tuned):
     assert "expandable_segments:True" in tuned.allocator_settings
 
 
+def test_offloaded_activations_train_every_block_alike(plain_and_tuned, offloaded):
+    from safetensors.torch import load_file
+
+    (plain, _, plain_events), _ = plain_and_tuned
+    trainer, code, events = offloaded
+    assert code == 0
+    for step, loss in _losses(plain_events).items():
+        assert _losses(events)[step] == pytest.approx(loss, rel=1e-5)
+    # The first block's input comes from frozen layers; its LoRA still learned, as in the plain
+    # run (lora_B starts at zero).
+    lora = load_file(trainer.output_dir / LORA_WEIGHTS)
+    reference = load_file(plain.output_dir / LORA_WEIGHTS)
+    for key, value in lora.items():
+        if "lora_B" in key:
+            assert value.abs().sum() > 0, key
+        assert value.float().sub(reference[key].float()).abs().max() < 1e-4, key
+
+
 @pytest.mark.parametrize(
     "extra, expected",
     [
@@ -120,8 +145,9 @@ def test_partial_checkpointing_and_compile_keep_the_lora_keys(plain_and_tuned):
             ["--use_8bit_bnb", "--optimizer_implementation", "fused"],
             "--optimizer_implementation applies to torch's Adam/AdamW",
         ),
+        (["--offload_activations"], "--offload_activations moves the inputs"),
     ],
-    ids=["flash-on-cpu", "8bit-with-fused"],
+    ids=["flash-on-cpu", "8bit-with-fused", "offload-without-checkpointing"],
 )
 def test_impossible_switches_are_one_sentence(
     extra, expected, tiny_models, reference_dataset, tmp_path
