@@ -75,3 +75,24 @@ def test_tiny_cpu_run_prints_both_tables(bench, tmp_path, capsys):
             row = re.search(rf"^\| {run} \| ([0-9.]+) \|.*\| ok \|$", section, re.MULTILINE)
             assert row and float(row.group(1)) > 0, section
     assert re.fullmatch(r"step_seconds_5b_lora: [0-9.]+", output.strip().splitlines()[-1])
+
+
+def test_full_size_architectures_match_the_reference_counts(bench):
+    """Built on the meta device (no memory): the parameter counts the guide's runs printed."""
+    import torch
+    from diffusers import CogVideoXTransformer3DModel
+    from peft import LoraConfig
+
+    def counts(family):
+        with torch.device("meta"):
+            transformer = CogVideoXTransformer3DModel(**bench.full_size_transformer_config(family))
+        total = sum(p.numel() for p in transformer.parameters())
+        targets = ["to_q", "to_k", "to_v", "to_out.0"]
+        transformer.add_adapter(LoraConfig(r=128, lora_alpha=128, target_modules=targets))
+        lora = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" in n)
+        return total, lora
+
+    # The guide's "trainable parameters" for the 5B full finetune and its rank-128 LoRA.
+    assert counts("5b") == (5_570_283_072, 132_120_576)
+    assert counts("2b")[0] == 1_693_783_872  # CogVideoX-2b's 1.69B
+    assert counts("1.5")[1] == 132_120_576
