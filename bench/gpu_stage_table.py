@@ -129,52 +129,75 @@ def full_size_transformer_config(family: str) -> dict:
     return config
 
 
-def build_full_size_checkpoint(folder: Path, family: str, device: str) -> Path:
-    """Random full-size weights in bf16, built on `device` (fast) and saved once."""
+# T5-XXL as CogVideoX uses it (4.8B parameters); diffusers' VAE defaults are CogVideoX's VAE.
+T5_XXL = {
+    "vocab_size": 32128,
+    "d_model": 4096,
+    "d_kv": 64,
+    "d_ff": 10240,
+    "num_layers": 24,
+    "num_heads": 64,
+    "feed_forward_proj": "gated-gelu",
+    "decoder_start_token_id": 0,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+}
+VAE_FULL_SIZE: dict = {}
+
+
+def _random_bf16(device: str, build):
+    """`build()` with bf16 parameters created directly on `device` (fast on a GPU)."""
     import torch
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline, CogVideoXTransformer3DModel
-    from transformers import T5Config, T5EncoderModel
 
-    from core.tiny import build_tiny_pipeline
-
-    if (folder / "model_index.json").exists():
-        return folder
-    print(f"Building a random full-size {family} checkpoint in {folder} ...", flush=True)
-    tiny = build_tiny_pipeline(family)  # tokenizer and scheduler of the family
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device(device):
-            transformer = CogVideoXTransformer3DModel(**full_size_transformer_config(family))
-            vae = AutoencoderKLCogVideoX(scaling_factor=tiny.vae.config.scaling_factor)
-            text_encoder = T5EncoderModel(
-                T5Config(
-                    vocab_size=32128,
-                    d_model=4096,
-                    d_kv=64,
-                    d_ff=10240,
-                    num_layers=24,
-                    num_heads=64,
-                    feed_forward_proj="gated-gelu",
-                    decoder_start_token_id=0,
-                    pad_token_id=0,
-                    eos_token_id=1,
-                )
-            )
+            return build()
     finally:
         torch.set_default_dtype(previous)
-    pipeline = CogVideoXPipeline(
-        tokenizer=tiny.tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        transformer=transformer,
-        scheduler=tiny.scheduler,
+
+
+def shared_text_encoder(folder: Path, device: str) -> Path:
+    """A random T5-XXL encoder (4.8B parameters), written once and shared by every family."""
+    from transformers import T5Config, T5EncoderModel
+
+    if not (folder / "config.json").exists():
+        config = T5Config(**T5_XXL)
+        encoder = _random_bf16(device, lambda: T5EncoderModel(config))
+        partial = folder.with_name(folder.name + ".partial")
+        encoder.save_pretrained(partial)
+        partial.replace(folder)
+    return folder
+
+
+def build_full_size_checkpoint(folder: Path, family: str, device: str) -> Path:
+    """The family's folder layout (from a tiny checkpoint) with full-size random components."""
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+
+    from core.tiny import SCALING_FACTOR, build_tiny_checkpoint
+
+    if (folder / "model_index.json").exists():
+        return folder
+    print(f"Building a random full-size {family} checkpoint in {folder} ...", flush=True)
+    text_encoder = shared_text_encoder(folder.parent / "random-t5-xxl", device)
+    partial = build_tiny_checkpoint(folder.with_name(folder.name + ".partial"), family)
+    for component in ("transformer", "vae", "text_encoder"):
+        shutil.rmtree(partial / component)
+    transformer_config = full_size_transformer_config(family)
+    _random_bf16(device, lambda: CogVideoXTransformer3DModel(**transformer_config)).save_pretrained(
+        partial / "transformer"
     )
-    partial = folder.with_name(folder.name + ".partial")
-    pipeline.save_pretrained(partial)
+    vae_config = {**VAE_FULL_SIZE, "scaling_factor": SCALING_FACTOR[family]}
+    _random_bf16(device, lambda: AutoencoderKLCogVideoX(**vae_config)).save_pretrained(
+        partial / "vae"
+    )
+    (partial / "text_encoder").symlink_to(text_encoder.resolve(), target_is_directory=True)
     partial.replace(folder)
-    del pipeline, transformer, vae, text_encoder
     if device == "cuda":
         torch.cuda.empty_cache()
     return folder

@@ -19,7 +19,7 @@ from pathlib import Path
 VARIANTS = ("2b", "5b", "1.5")
 
 # Real scaling factors of the families' VAEs; the tiny VAE keeps them so latent maths match.
-_SCALING_FACTOR = {"2b": 1.15258426, "5b": 0.7, "1.5": 0.7}
+SCALING_FACTOR = {"2b": 1.15258426, "5b": 0.7, "1.5": 0.7}
 _SNR_SHIFT = {"2b": 3.0, "5b": 1.0, "1.5": 1.0}
 TEXT_DIM = 32
 MAX_TEXT_TOKENS = 226
@@ -76,7 +76,7 @@ def build_tiny_pipeline(variant: str = "5b", seed: int = 0):
         layers_per_block=1,
         norm_num_groups=2,
         temporal_compression_ratio=4,
-        scaling_factor=_SCALING_FACTOR[variant],
+        scaling_factor=SCALING_FACTOR[variant],
     )
     # A trained VAE's posterior is nearly deterministic; a random one's log-variance is near 0,
     # which would bury each clip's latents in noise and leave nothing for a test to learn.

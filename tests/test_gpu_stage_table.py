@@ -96,3 +96,37 @@ def test_full_size_architectures_match_the_reference_counts(bench):
     assert counts("5b") == (5_570_283_072, 132_120_576)
     assert counts("2b")[0] == 1_693_783_872  # CogVideoX-2b's 1.69B
     assert counts("1.5")[1] == 132_120_576
+
+
+def test_full_size_checkpoints_share_one_text_encoder_and_load(bench, tmp_path, monkeypatch):
+    """The full-size assembly, with every component shrunk so it runs here in seconds."""
+    from diffusers import CogVideoXPipeline
+
+    from core.tiny import build_tiny_pipeline
+
+    tiny = build_tiny_pipeline("5b")
+    transformer = {
+        key: value
+        for key, value in tiny.transformer.config.items()
+        if not key.startswith("_") and key != "patch_size_t"
+    }
+    monkeypatch.setattr(bench, "full_size_transformer_config", lambda family: transformer)
+    encoder = tiny.text_encoder.config
+    monkeypatch.setattr(
+        bench,
+        "T5_XXL",
+        {key: getattr(encoder, key) for key in ("vocab_size", "d_model", "d_kv", "d_ff")}
+        | {"num_layers": 1, "num_heads": 2, "decoder_start_token_id": 0, "pad_token_id": 0},
+    )
+    vae = tiny.vae.config
+    vae_keys = ["down_block_types", "up_block_types", "block_out_channels", "latent_channels"]
+    vae_keys += ["layers_per_block", "norm_num_groups"]
+    monkeypatch.setattr(bench, "VAE_FULL_SIZE", {key: vae[key] for key in vae_keys})
+    folders = [bench.model_for(family, "full", "cpu", tmp_path) for family in ("2b", "5b")]
+    shared = tmp_path / "random-t5-xxl"
+    for folder in folders:
+        assert (folder / "text_encoder").resolve() == shared.resolve()
+        pipeline = CogVideoXPipeline.from_pretrained(folder)
+        assert next(pipeline.transformer.parameters()).dtype.is_floating_point
+    assert CogVideoXPipeline.from_pretrained(folders[0]).vae.config.scaling_factor == 1.15258426
+    assert not list(tmp_path.glob("*.partial"))
