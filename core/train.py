@@ -745,9 +745,8 @@ class Trainer:
         if probability <= 0:
             return embeds
         draws = torch.cat([torch.rand(1, generator=g, device=self.device) for g in generators])
+        # No early return when nothing is dropped: asking would wait for the GPU every step.
         dropped = draws < probability
-        if not dropped.any():
-            return embeds
         if self.config.caption_dropout_technique == "zero":
             replacement = torch.zeros_like(embeds[:1])
         else:
