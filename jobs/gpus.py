@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 
 
@@ -71,10 +72,23 @@ def _from_nvidia_smi() -> list[Gpu] | None:
     return gpus
 
 
+# Free memory moves slowly next to how often the page asks (building it asks several times,
+# a run view once a second): one answer serves every caller for this long.
+MAX_AGE_SECONDS = 1.0
+_last: tuple[float, list[Gpu]] | None = None
+
+
 def list_gpus() -> list[Gpu]:
     """This machine's NVIDIA GPUs; an empty list means training runs on the CPU."""
+    global _last
+    now = time.monotonic()
+    if _last is not None and now - _last[0] < MAX_AGE_SECONDS:
+        return list(_last[1])
+    gpus: list[Gpu] = []
     for source in (_from_nvml, _from_nvidia_smi):
-        gpus = source()
-        if gpus is not None:
-            return gpus
-    return []
+        found = source()
+        if found is not None:
+            gpus = found
+            break
+    _last = (now, gpus)
+    return list(gpus)

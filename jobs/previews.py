@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.preview_protocol import PreviewRequest, result, submit
-
 from jobs.runner import Runner
 from jobs.spec import InferSettings, JobSpec
 from jobs.store import ACTIVE, Job

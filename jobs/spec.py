@@ -18,9 +18,19 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from core.config import TrainConfig, to_argv
+from core.config import TrainConfig, describe_validation_error, to_argv
+from core.errors import UserError
+from jobs.launch_choice import distributed_type
 
 SPEC_FILE = "spec.json"
 
@@ -41,10 +51,34 @@ class LaunchSettings(BaseModel):
     )
     num_machines: int = Field(1, ge=1, description="Machines taking part in the run.")
     machine_rank: int = Field(0, ge=0, description="This machine's rank among them.")
-    main_process_ip: str | None = Field(None, description="Address of the rank-0 machine.")
+    main_process_ip: str | None = Field(
+        None, validate_default=True, description="Address of the rank-0 machine."
+    )
     main_process_port: int | None = Field(
         None, ge=1, le=65535, description="Port of the rank-0 machine."
     )
+
+    @field_validator("machine_rank")
+    @classmethod
+    def _rank_among_machines(cls, rank: int, info: ValidationInfo) -> int:
+        machines = info.data.get("num_machines")
+        if machines is not None and rank >= machines:
+            raise ValueError(
+                f"this machine's rank must be below the number of machines ({machines}): "
+                f"0 to {machines - 1}"
+            )
+        return rank
+
+    @field_validator("main_process_ip")
+    @classmethod
+    def _address_for_several_machines(cls, address: str | None, info: ValidationInfo):
+        address = (address or "").strip() or None
+        if address is None and (info.data.get("num_machines") or 1) > 1:
+            raise ValueError(
+                "a run on several machines needs the address of the rank-0 machine "
+                "(an IP or host name every machine can reach)"
+            )
+        return address
 
 
 class InferSettings(BaseModel):
@@ -103,6 +137,20 @@ class JobSpec(BaseModel):
             raise ValueError("GPU ids must be distinct and not negative")
         return sorted(value)
 
+    @field_validator("launch")
+    @classmethod
+    def _sharding_needs_gpus(cls, launch: LaunchSettings, info: ValidationInfo):
+        """DeepSpeed and FSDP configs cannot run on the CPU: accelerate refuses FSDP there and
+        DeepSpeed needs CUDA, so a CPU run would silently ignore the config."""
+        if launch.config_file and not info.data.get("gpu_ids", [0]):
+            kind = distributed_type(launch.config_file)
+            if kind in ("DEEPSPEED", "FSDP"):
+                raise ValueError(
+                    f"--config_file: {Path(launch.config_file).name} shards the model over GPUs "
+                    f"({kind}), which does not run on the CPU; select GPUs or choose no config"
+                )
+        return launch
+
     @property
     def processes(self) -> int:
         return self.launch.num_processes or max(1, len(self.gpu_ids))
@@ -112,8 +160,9 @@ class JobSpec(BaseModel):
         return {} if self.gpu_ids else {"ACCELERATE_USE_CPU": "1"}
 
     def _torchrun_argv(self) -> list[str]:
-        """Several processes on the CPU: `accelerate launch --cpu` would start only one, so
-        torchrun starts them (and accelerate, told to use the CPU, joins them over gloo)."""
+        """Several processes on the CPU (on one machine or more): `accelerate launch --cpu`
+        would start only one, so torchrun starts them (and accelerate, told to use the CPU, joins
+        them over gloo)."""
         launch = self.launch
         argv = [
             _venv_executable("torchrun"),
@@ -136,14 +185,14 @@ class JobSpec(BaseModel):
     def launch_argv(self) -> list[str]:
         """`accelerate launch` and its flags, up to the module it runs."""
         launch = self.launch
-        if not self.gpu_ids and self.processes > 1:
+        if not self.gpu_ids and (self.processes > 1 or launch.num_machines > 1):
             return self._torchrun_argv()
         argv = [accelerate_executable(), "launch"]
         if launch.config_file:
             argv += ["--config_file", launch.config_file]
         argv += [
-            "--num_processes",
-            str(self.processes),
+            "--num_processes",  # accelerate counts every machine's processes
+            str(self.processes * launch.num_machines),
             "--num_machines",
             str(launch.num_machines),
             "--mixed_precision",
@@ -163,6 +212,9 @@ class JobSpec(BaseModel):
                 argv += ["--main_process_ip", launch.main_process_ip]
             if launch.main_process_port:
                 argv += ["--main_process_port", str(launch.main_process_port)]
+            if launch.config_file and distributed_type(launch.config_file) == "DEEPSPEED":
+                # Each machine starts its own ranks (the node commands), not pdsh over ssh.
+                argv += ["--deepspeed_multinode_launcher", "standard"]
         return argv
 
     def to_argv(self, spec_path: str | Path | None = None) -> list[str]:
@@ -208,6 +260,38 @@ class JobSpec(BaseModel):
         argv = self.to_argv(spec_path)
         argv[0] = Path(argv[0]).name if self.kind == "train" else "python"
         return shlex.join(argv)
+
+    def node_commands(self) -> list[str]:
+        """The command each machine of a multi-machine run types, rank 0 first: the same
+        launch with that machine's rank, the trainer's settings spelled out as flags (the other
+        machines have no spec.json; the model, data and config paths must exist on each)."""
+        commands = []
+        for rank in range(self.launch.num_machines):
+            launch = self.launch.model_copy(update={"machine_rank": rank})
+            commands.append(self.model_copy(update={"launch": launch}).show_command())
+        return commands
+
+
+def make_spec(**fields) -> JobSpec:
+    """A validated JobSpec, or UserError naming the one setting to fix (`--flag: sentence`)."""
+    try:
+        return JobSpec.model_validate(fields)
+    except ValidationError as error:
+        raise UserError(describe_spec_error(error)) from None
+
+
+def describe_spec_error(error: ValidationError) -> str:
+    """The first problem as one sentence; a launch setting is named by its accelerate flag."""
+    first = error.errors()[0]
+    location = [str(part) for part in first.get("loc", ()) if not isinstance(part, int)]
+    if location[:1] != ["launch"]:
+        return describe_validation_error(error)
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    if len(location) == 1:  # the spec's own check of its launch names the flag itself
+        return message
+    value = first.get("input")
+    got = f" (got {value!r})" if value is not None and str(value) not in message else ""
+    return f"--{location[-1]}: {message}{got}"
 
 
 def _venv_executable(name: str) -> str:

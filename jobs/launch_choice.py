@@ -1,0 +1,324 @@
+"""Which accelerate config to launch with, and how much GPU memory the run needs under it.
+
+Torch-free (the web process imports it). The figures live in one table, `MEMORY`: each entry says
+whether it was measured (the reference guide's table) or estimated from parameter counts, so a
+benchmark on real GPUs can replace an estimate by writing its measurement into the same table.
+
+Figures are per GPU, in GB of 1024**3 bytes (what torch and NVML report), for batch 1 with
+gradient checkpointing and precomputed conditions at each family's usual size: 49x480x720 for
+CogVideoX-2b and -5b, 81x768x1360 for CogVideoX1.5-5B.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from core.errors import UserError
+from core.models.source import ModelSource, read_component_config
+
+ACCELERATE_DIR = Path(__file__).resolve().parents[1] / "assets" / "accelerate"
+AUTOMATIC = "auto"
+
+Family = Literal["2b", "5b", "1.5"]
+TrainingType = Literal["lora", "full-finetune"]
+FAMILIES: tuple[Family, ...] = ("2b", "5b", "1.5")
+TRAINING_TYPES: tuple[TrainingType, ...] = ("lora", "full-finetune")
+BACKENDS = (
+    "single_gpu",
+    "ddp",
+    "deepspeed_zero2",
+    "deepspeed_zero2_offload",
+    "deepspeed_zero3",
+    "fsdp",
+)
+FAMILY_TITLES = {"2b": "CogVideoX-2b", "5b": "CogVideoX-5b", "1.5": "CogVideoX1.5-5B"}
+
+GB = 1024**3
+
+
+@dataclass(frozen=True)
+class Need:
+    """GPU memory of one run: `per_gpu_gb` on every GPU plus `sharded_gb` split over the
+    processes; `validation_gb` more while validation videos are sampled; `cpu_ram_gb` of host
+    memory for an optimizer offloaded to the CPU."""
+
+    per_gpu_gb: float
+    sharded_gb: float = 0.0
+    validation_gb: float = 0.0
+    cpu_ram_gb: float = 0.0
+    basis: Literal["measured", "estimate"] = "estimate"
+    how: str = ""
+
+    def training_gb(self, processes: int) -> float:
+        return self.per_gpu_gb + self.sharded_gb / max(1, processes)
+
+    def peak_gb(self, processes: int) -> float:
+        return self.training_gb(processes) + self.validation_gb
+
+
+# ---- what the estimates are made of ----------------------------------------------------------
+
+# Transformer parameters (the only model on the GPU while training with precomputed conditions).
+PARAMS = {"2b": 1.7e9, "5b": 5.6e9, "1.5": 5.6e9}
+# Working memory (activations, allocator slack) relative to CogVideoX-5b at 49x480x720: the 2b is
+# 30 layers x 1920 wide against 42 x 3072 (0.45); the 1.5 at 81x768x1360 has 2.5x the tokens.
+WORKING_SCALE = {"2b": 30 * 1920 / (42 * 3072), "5b": 1.0, "1.5": (11 * 4080 + 226) / 17_776}
+# From the reference's measurements of the 5b (one GPU, 49x480x720, batch 1): reserved while
+# training minus what the weights and optimizer had allocated before training.
+LORA_ALLOCATED_GB = 10.622  # bf16 weights and a rank-128 LoRA with its states, before training
+LORA_WORKING_GB = 20.701 - LORA_ALLOCATED_GB
+FULL_WORKING_GB = 52.939 - 31.160  # full finetune, 8-bit AdamW
+LORA_VALIDATION_GB = 28.324 - 20.701  # sampling the validation videos, on top of training
+
+WEIGHTS = GRADIENTS = 2  # bytes a parameter, bf16
+OPTIMIZER_8BIT = 2  # the trainer's 8-bit AdamW: two 1-byte states a parameter
+# Sharded backends run a plain AdamW with fp32 states (8 bytes) and an fp32 master copy of the
+# weights (4 bytes): the 12 bytes a parameter the offload config puts in CPU RAM.
+OPTIMIZER_SHARDED = 12
+
+
+def _estimate(family: Family, training_type: TrainingType, backend: str) -> Need:
+    """A figure from parameter counts and the working memory the reference measured."""
+    gb = PARAMS[family] / GB  # GB a byte-per-parameter takes
+    scale = WORKING_SCALE[family]
+    if training_type == "lora":  # LoRA weights, gradients and states are a few hundred MB
+        weights = LORA_ALLOCATED_GB * PARAMS[family] / PARAMS["5b"]
+        working = LORA_WORKING_GB * scale
+        validation = LORA_VALIDATION_GB * scale
+        if backend in ("deepspeed_zero3", "fsdp"):
+            return Need(working, weights, validation, how="frozen bf16 weights sharded")
+        return Need(weights + working, 0.0, validation, how="bf16 weights on every GPU")
+    working = FULL_WORKING_GB * scale
+    if backend == "single_gpu":
+        per = (WEIGHTS + GRADIENTS + OPTIMIZER_8BIT) * gb
+        return Need(per + working, how="bf16 weights and gradients, 8-bit AdamW")
+    if backend == "ddp":  # DDP's gradient buckets are a second copy of the gradients
+        per = (WEIGHTS + 2 * GRADIENTS + OPTIMIZER_8BIT) * gb
+        return Need(per + working, how="a full copy per GPU plus DDP's gradient buckets")
+    if backend == "deepspeed_zero2":
+        sharded = (GRADIENTS + OPTIMIZER_SHARDED) * gb
+        return Need(WEIGHTS * gb + working, sharded, how="gradients and Adam states sharded")
+    if backend == "deepspeed_zero2_offload":
+        return Need(
+            WEIGHTS * gb + working,
+            GRADIENTS * gb,
+            cpu_ram_gb=OPTIMIZER_SHARDED * gb,
+            how="Adam states in CPU RAM, gradients sharded",
+        )
+    sharded = (WEIGHTS + GRADIENTS + OPTIMIZER_SHARDED) * gb  # ZeRO-3 and FSDP shard everything
+    return Need(working, sharded, how="weights, gradients and Adam states sharded")
+
+
+# ---- the table ---------------------------------------------------------------------------------
+
+MEMORY: dict[tuple[Family, TrainingType, str], Need] = {
+    **{
+        (family, training_type, backend): _estimate(family, training_type, backend)
+        for family in FAMILIES
+        for training_type in TRAINING_TYPES
+        for backend in BACKENDS
+    },
+    # Measured: the reference guide's table (bf16, batch 1, gradient checkpointing, 8-bit AdamW,
+    # precomputed conditions, 49x480x720, one GPU, max_memory_reserved). A GPU benchmark adds its
+    # measurements here, over the estimates above.
+    ("5b", "lora", "single_gpu"): Need(
+        20.701,
+        validation_gb=28.324 - 20.701,
+        basis="measured",
+        how="the reference guide's table, LoRA rank 128",
+    ),
+    ("5b", "full-finetune", "single_gpu"): Need(
+        52.939, basis="measured", how="the reference guide's table, full finetune"
+    ),
+}
+
+
+def need(family: Family, training_type: TrainingType, backend: str) -> Need:
+    return MEMORY[(family, training_type, backend)]
+
+
+# ---- the model's family ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    family: Family | None  # None: not recognised
+    tiny: bool = False  # a test model built by core.tiny: figures for the real sizes don't apply
+
+
+def model_kind(name_or_path: str | None) -> ModelKind:
+    """The family of a base model, from its local transformer config or else its Hub id."""
+    if not name_or_path:
+        return ModelKind(None)
+    source = ModelSource(name_or_path)
+    if source.is_local:
+        try:
+            config = read_component_config(source, "transformer")
+        except (UserError, ValueError):
+            return ModelKind(None)
+        width = int(config.get("num_attention_heads", 0)) * int(config.get("attention_head_dim", 0))
+        if config.get("patch_size_t"):
+            family: Family = "1.5"
+        elif config.get("use_rotary_positional_embeddings"):
+            family = "5b"
+        else:
+            family = "2b"
+        return ModelKind(family, tiny=0 < width < 1024)
+    name = name_or_path.lower()
+    if "1.5" in name:
+        return ModelKind("1.5")
+    if "5b" in name:
+        return ModelKind("5b")
+    if "2b" in name:
+        return ModelKind("2b")
+    return ModelKind(None)
+
+
+# ---- the configs -------------------------------------------------------------------------------
+
+
+def config_path(backend: str) -> Path:
+    return ACCELERATE_DIR / f"{backend}.yaml"
+
+
+def describe_config(path: Path) -> str:
+    """The first sentence of the comment a config opens with (it says when to choose it)."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").strip())
+    text = " ".join(lines)
+    return text.split(". ")[0].rstrip(".") + "." if text else path.stem
+
+
+def config_choices() -> list[tuple[str, str]]:
+    """Dropdown choices: Automatic first, then every config with what it is."""
+    configs = [config_path(b) for b in BACKENDS if config_path(b).is_file()]
+    known = set(configs)
+    configs += [p for p in sorted(ACCELERATE_DIR.glob("*.yaml")) if p not in known]
+    return [
+        ("Automatic (recommended)", AUTOMATIC),
+        *[(f"{p.stem}: {describe_config(p)}", p.stem) for p in configs],
+    ]
+
+
+def backend_of(config_file: str | Path | None) -> str | None:
+    """The backend a config file is (its stem, when it is one of ours)."""
+    if not config_file:
+        return None
+    stem = Path(config_file).stem
+    return stem if stem in BACKENDS else None
+
+
+def distributed_type(config_file: str | Path) -> str | None:
+    """A config's `distributed_type` (DEEPSPEED, FSDP, MULTI_GPU, NO), read without yaml."""
+    try:
+        text = Path(config_file).read_text(encoding="utf-8")
+    except OSError:
+        return None
+    found = re.search(r"^distributed_type:\s*[\"']?(\w+)", text, re.MULTILINE)
+    return found.group(1).upper() if found else None
+
+
+def deepspeed_installed() -> bool:
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+# ---- the recommendation ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    backend: str | None  # a config of assets/accelerate, or None: no config (the CPU)
+    reason: str
+    processes: int
+    training_type: TrainingType
+    family: Family | None
+
+    @property
+    def config_file(self) -> Path | None:
+        return config_path(self.backend) if self.backend else None
+
+    def needs(self, backend: str | None = None) -> dict[Family, Need]:
+        """What each family needs under `backend` (default: the recommended one)."""
+        backend = backend or self.backend
+        if backend not in BACKENDS:
+            return {}
+        return {family: need(family, self.training_type, backend) for family in FAMILIES}
+
+
+def _fits(need_: Need, processes: int, gpu_memory_gb: float | None) -> bool:
+    return gpu_memory_gb is None or need_.peak_gb(processes) <= gpu_memory_gb
+
+
+def recommend(
+    gpus: int,
+    gpu_memory_gb: float | None,
+    family: Family | None,
+    training_type: TrainingType,
+    machines: int = 1,
+    deepspeed: bool | None = None,
+) -> Recommendation:
+    """The config to launch with for `gpus` GPUs a machine of `gpu_memory_gb` each (None: not
+    known) on `machines` machines; an unrecognised model is sized as the 5b."""
+    sized = family or "5b"
+    processes = max(1, gpus) * max(1, machines)
+    deepspeed = deepspeed_installed() if deepspeed is None else deepspeed
+
+    def choice(backend: str | None, reason: str) -> Recommendation:
+        return Recommendation(backend, reason, processes, training_type, family)
+
+    def fits(backend: str) -> bool:
+        return _fits(need(sized, training_type, backend), processes, gpu_memory_gb)
+
+    def gb(backend: str) -> str:
+        return f"{need(sized, training_type, backend).peak_gb(processes):.0f} GB"
+
+    if gpus < 1:
+        return choice(None, "No GPU selected: the run trains on the CPU, with no config file.")
+    if training_type == "lora":
+        if processes == 1:
+            return choice("single_gpu", "A LoRA trains on one GPU with one process.")
+        return choice(
+            "ddp",
+            f"A LoRA on {processes} GPUs: data parallel, each GPU holds the whole model and "
+            "trains its share of the batch.",
+        )
+    if processes == 1:
+        if fits("single_gpu"):
+            known = "" if gpu_memory_gb is not None else " if your GPU has it"
+            return choice(
+                "single_gpu", f"A full finetune fits one GPU ({gb('single_gpu')}){known}."
+            )
+        tail = "" if deepspeed else "; it needs DeepSpeed (pip install -r requirements-gpu.txt)"
+        if not fits("deepspeed_zero2_offload"):
+            tail += "; even that is more than the GPU has: use several GPUs"
+        return choice(
+            "deepspeed_zero2_offload",
+            f"A full finetune needs {gb('single_gpu')} on one GPU, more than its "
+            f"{gpu_memory_gb:.0f} GB: ZeRO-2 moves the Adam states to CPU RAM "
+            f"({gb('deepspeed_zero2_offload')} on the GPU){tail}.",
+        )
+    if deepspeed and fits("deepspeed_zero2"):
+        return choice(
+            "deepspeed_zero2",
+            f"A full finetune on {processes} GPUs: ZeRO-2 shards the Adam states and gradients "
+            f"({gb('deepspeed_zero2')} a GPU).",
+        )
+    sharded = "deepspeed_zero3" if deepspeed else "fsdp"
+    why = (
+        f"ZeRO-2 would need {gb('deepspeed_zero2')} a GPU, more than {gpu_memory_gb:.0f} GB"
+        if deepspeed
+        else "DeepSpeed is not installed"
+    )
+    warning = "" if fits(sharded) else "; that is still more than your GPUs have: add GPUs"
+    return choice(
+        sharded,
+        f"A full finetune on {processes} GPUs: {why}, so {sharded} shards the weights too "
+        f"({gb(sharded)} a GPU){warning}.",
+    )
