@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.abc
+import importlib.machinery
+import os
 import socket
 import sys
 from pathlib import Path
@@ -47,6 +50,48 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+class _NoGradioStubWriter(importlib.abc.MetaPathFinder):
+    """Loads `gradio.component_meta` with its `.pyi` stub writer turned into a no-op.
+
+    At import, Gradio's component metaclass re-renders the type stub of every component class
+    (an ast parse of the class's module and a Jinja render, per class) and compares it with the
+    installed `.pyi`, rewriting it if it differs: about 1 s of a 2 s `import gradio` on 2 cores,
+    for stub files that only type checkers read. Nothing the page serves depends on it. If a
+    later Gradio renames the function, this changes nothing and the import is just slower.
+    """
+
+    MODULE = "gradio.component_meta"
+
+    def find_spec(self, name, path, target=None):
+        if name != self.MODULE:
+            return None
+        sys.meta_path.remove(self)  # one module, once
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run_module = spec.loader.exec_module
+
+        def exec_module(module):
+            run_module(module)
+            if hasattr(module, "create_or_modify_pyi"):
+                module.create_or_modify_pyi = lambda *args, **kwargs: None
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def prepare_gradio() -> None:
+    """Settings that must be in place before Gradio is imported and the page is built."""
+    # A private training tool: no version check against api.gradio.app and no usage pings (each
+    # is a thread that builds a TLS context while the page is starting).
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    # Event handlers that may run at once. Given here rather than by `page.queue(...)`, which
+    # builds the whole FastAPI app once more before `launch()` builds it again.
+    os.environ.setdefault("GRADIO_DEFAULT_CONCURRENCY_LIMIT", "4")
+    if "gradio" not in sys.modules:
+        sys.meta_path.insert(0, _NoGradioStubWriter())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     auth = None
@@ -68,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     workspace = Path(args.workspace).expanduser().resolve()
     workspace.mkdir(parents=True, exist_ok=True)
 
+    prepare_gradio()
     from ui.page import build_page, css
     from ui.studio import Studio
 
     data_dirs = [Path(d).expanduser().resolve() for d in args.data_dir]
     studio = Studio(workspace, data_dirs=data_dirs, hub_endpoint=args.hub_endpoint)
     page = build_page(studio)
-    page.queue(default_concurrency_limit=4)
     page.launch(
         server_name=args.host,
         server_port=args.port,

@@ -111,3 +111,89 @@ def test_captions_edit_in_place_in_every_layout(layout, tmp_path):
     bulk_edit(root, find_replace("edited", "changed"))
     assert read_captions(root)[first] == "SQR an changed caption"
     assert not list(root.glob(".*.partial"))
+
+
+@pytest.fixture(scope="module")
+def train_tab(tmp_path_factory):
+    from ui.studio import Studio
+    from ui.train_tab import TrainTab
+
+    tab = TrainTab(Studio(tmp_path_factory.mktemp("workspace")))
+    with gr.Blocks():
+        tab.render()
+    return tab
+
+
+def launch_values(config="auto", machines=1, rank=0, address="", port=""):
+    return (config, machines, rank, address, port)
+
+
+def test_start_submits_the_automatic_config_and_the_machines(train_tab):
+    from jobs.launch_choice import config_path
+
+    lora = train_tab.form.values_of({"pretrained_model_name_or_path": "THUDM/CogVideoX-5b"})
+    on_cpu = train_tab._spec("run", [], launch_values(), lora)
+    assert on_cpu.launch.config_file is None
+    two_machines = launch_values(machines=2.0, rank=1.0, address=" 10.0.0.5 ", port="29555")
+    spec = train_tab._spec("run", [0, 1], two_machines, lora)
+    assert spec.launch.config_file == str(config_path("ddp"))
+    assert (spec.launch.num_machines, spec.launch.machine_rank) == (2, 1)
+    assert (spec.launch.main_process_ip, spec.launch.main_process_port) == ("10.0.0.5", 29555)
+    chosen = train_tab._spec("run", [0, 1], launch_values("fsdp"), lora)
+    assert chosen.launch.config_file == str(config_path("fsdp"))
+    # The node commands of what Show command shows, one a machine.
+    command, nodes, message = train_tab.show_command("run", [0, 1], *two_machines, *lora)
+    assert message == "" and nodes.visible
+    assert "--machine_rank 0" in nodes.value and "--machine_rank 1" in nodes.value
+    assert command in nodes.value
+    hidden = train_tab.show_node_commands("run", [0, 1], *launch_values(), *lora)
+    assert not hidden.visible
+
+
+@pytest.mark.parametrize(
+    "launch, words",
+    [
+        (launch_values(machines=2, rank=2, address="10.0.0.5"), "This machine's rank"),
+        (launch_values(machines=2), "Main process address"),
+        (launch_values(port="http"), "Main process port"),
+        (launch_values("deepspeed_zero2"), "does not run on the CPU"),
+    ],
+)
+def test_a_bad_launch_setting_is_shown_in_the_message_area_and_nothing_starts(
+    train_tab, launch, words
+):
+    values = train_tab.form.values_of({})
+    message, job = train_tab.start_job("run", [], *launch, *values)
+    assert job is None and 'class="studio-error"' in message and words in message
+    assert not train_tab.studio.runner.store.list()
+
+
+def test_the_launch_advice_says_what_automatic_picks_and_what_it_needs(train_tab):
+    advice = train_tab.launch_advice([0, 1], "auto", 1, "lora", "THUDM/CogVideoX-5b")
+    assert "Automatic: `ddp`" in advice and "GB a GPU" in advice and "CogVideoX1.5-5B" in advice
+    mine = train_tab.launch_advice([0], "fsdp", 1, "full-finetune", "THUDM/CogVideoX-2b")
+    assert "You chose `fsdp`" in mine and "Automatic would pick `single_gpu`" in mine
+    assert "no config file" in train_tab.launch_advice([], "auto", 1, "lora", "")
+
+
+def test_a_saved_config_loads_back_with_its_launch(train_tab):
+    values = train_tab.form.values_of({"pretrained_model_name_or_path": "THUDM/CogVideoX-5b"})
+    launch = launch_values("deepspeed_zero3", 2, 1, "10.0.0.5", "29555")
+    button, message = train_tab.save_config("saved", [0, 1], *launch, *values)
+    assert message == ""
+    saved = button.value
+    loaded = train_tab.load_config(saved["path"] if isinstance(saved, dict) else saved)
+    assert loaded[1] == "saved"
+    assert list(loaded[2:7]) == ["deepspeed_zero3", 2, 1, "10.0.0.5", "29555"]
+
+
+def test_the_gradio_stub_writer_that_app_py_skips_still_exists():
+    """app.py saves about a second of start-up by turning Gradio's `.pyi` stub writer into a
+    no-op; if a Gradio upgrade renames it, this fails rather than the start quietly slowing."""
+    import inspect
+
+    import gradio.component_meta as component_meta
+
+    assert callable(getattr(component_meta, "create_or_modify_pyi", None))
+    source = inspect.getsource(component_meta.ComponentMeta.__new__)
+    assert "create_or_modify_pyi(" in source

@@ -1,5 +1,9 @@
 """Dataset tab: bring clips in (folder, zip, loose files, a server folder or the demo clips),
-read the report of what will be trained on, and fix captions in place."""
+read the report of what will be trained on, and fix captions in place.
+
+The dataset code (`core.data`) is imported by the handlers that use it, not here: building the
+page needs none of it, and the page should start serving as soon as it can.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,6 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from core.config import make_config
-from core.data.captions import add_trigger, bulk_edit, find_replace, read_captions, write_captions
-from core.data.importing import import_files, link_server_folder, safe_dataset_name
-from core.data.report import build_report
-from core.data.synthetic import write_clip
-from core.data.thumbnails import thumbnail
 from core.errors import UserError
 from ui.studio import Studio
 
@@ -28,6 +26,8 @@ DEMO_CLIPS = [
 
 def make_demo_clips(folder: Path) -> Path:
     """Four generated clips with captions (pairs layout): nothing is downloaded."""
+    from core.data.synthetic import write_clip
+
     folder.mkdir(parents=True, exist_ok=True)
     for index, caption in enumerate(DEMO_CLIPS):
         write_clip(folder / f"demo-{index}.mp4", frames=49, height=96, width=144, seed=index)
@@ -153,6 +153,8 @@ class DatasetTab:
         return (choice, *self._view(str(folder), buckets, note))
 
     def import_upload(self, files, name: str, buckets: str):
+        from core.data.importing import import_files, safe_dataset_name
+
         files = files if isinstance(files, list) else [files] if files else []
         if name and name.strip():
             target = self.studio.datasets_dir / safe_dataset_name(name)
@@ -171,6 +173,8 @@ class DatasetTab:
         return (*self._chosen(folder, buckets, note), None)
 
     def use_folder(self, path: str, buckets: str):
+        from core.data.importing import link_server_folder
+
         try:
             folder = link_server_folder(path, self.studio.allowed_roots)
         except UserError as error:
@@ -186,6 +190,8 @@ class DatasetTab:
         return self._view(folder, buckets)
 
     def save_captions(self, folder: str, table: pd.DataFrame, buckets: str):
+        from core.data.captions import write_captions
+
         if not folder:
             return self._view(folder, buckets)
         try:
@@ -196,12 +202,18 @@ class DatasetTab:
         return self._view(folder, buckets, f"Saved {count} caption{'s' * (count != 1)}.")
 
     def bulk_trigger(self, folder: str, word: str, buckets: str):
+        from core.data.captions import add_trigger
+
         return self._bulk(folder, buckets, lambda: add_trigger(word), "Added the trigger word")
 
     def bulk_replace(self, folder: str, find: str, replace: str, buckets: str):
+        from core.data.captions import find_replace
+
         return self._bulk(folder, buckets, lambda: find_replace(find, replace), "Replaced")
 
     def _bulk(self, folder: str, buckets: str, make_edit, done: str):
+        from core.data.captions import bulk_edit
+
         if not folder:
             return self._view(folder, buckets)
         try:
@@ -213,6 +225,11 @@ class DatasetTab:
     # ---- the report ------------------------------------------------------------------------
 
     def _view(self, folder: str | None, buckets: str, note: str = "", _error: str = ""):
+        from core.config import make_config
+        from core.data.captions import read_captions
+        from core.data.report import build_report
+        from core.data.thumbnails import thumbnail
+
         empty_chart = pd.DataFrame({"bucket": [], "samples": []})
         if not folder:
             return (

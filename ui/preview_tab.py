@@ -1,7 +1,8 @@
 """Preview tab: generate with a run's LoRA (or any LoRA folder or Hub id) beside its base model.
 
 Generation happens in the warm preview worker (a job), never in the web process; the page keeps
-only a ticket and polls for the result on its timer.
+only a ticket and polls for the result on its timer. The preview protocol and the worker's
+client are imported by the handlers that use them: building the page needs neither.
 """
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
-from core.preview_protocol import LoraChoice, PreviewRequest
 from pydantic import ValidationError
 
 from core.config import describe_validation_error
-from jobs.previews import Ticket, poll_preview, request_preview
 from ui.studio import Studio
+
+if TYPE_CHECKING:
+    from jobs.previews import Ticket
 
 
 def _message(text: str, kind: str = "info") -> str:
@@ -122,6 +125,9 @@ class PreviewTab:
         busy_gpu,
         gpus,
     ):
+        from core.preview_protocol import LoraChoice, PreviewRequest
+        from jobs.previews import request_preview
+
         job = self.studio.runner.store.get(run_id) if run_id else None
         loras = []
         if lora and lora.strip():
@@ -148,6 +154,8 @@ class PreviewTab:
         return ticket, _message("Waiting for the preview worker...")
 
     def poll(self, ticket: Ticket | None):
+        from jobs.previews import poll_preview
+
         if ticket is None:
             return None, gr.skip(), gr.skip()
         ticket, event = poll_preview(self.studio.runner, ticket)

@@ -39,6 +39,20 @@ def run_step(page) -> int:
     return int(match.group(1)) if match else 0
 
 
+def plot_steps(page) -> list[int]:
+    """The steps of the points the loss plot draws now, read from the rendered chart.
+
+    Gradio draws a LinePlot with Vega's SVG renderer, and Vega labels each point of the line's
+    hover layer for screen readers: `aria-roledescription="point"`, `aria-label="step: 12; loss:
+    0.31"`. An empty list while the chart is (re)drawn or absent.
+    """
+    labels = page.locator('#loss-plot svg [aria-roledescription="point"]').evaluate_all(
+        "points => points.map(point => point.getAttribute('aria-label'))"
+    )
+    steps = (re.match(r"step: ([\d,]+);", label or "") for label in labels)
+    return sorted(int(match.group(1).replace(",", "")) for match in steps if match)
+
+
 def wait_until(check, timeout: float = 120.0, what: str = "the page"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -101,14 +115,21 @@ def test_from_a_folder_of_clips_to_a_published_lora(workspace, tmp_path, page, h
         page.locator("#start").click()
         page.locator("#run-header").get_by_text("my-lora").wait_for(timeout=60_000)
         # 4. The loss plot gains points.
-        first = wait_until(lambda: run_step(page) > 0, what="a first step")
         page.locator("#run-header").get_by_text(f"/{STEPS}").wait_for()  # the steps typed in
-        wait_until(lambda: run_step(page) > first, what="more steps")
+        first = len(wait_until(lambda: plot_steps(page), what="a first point on the loss plot"))
+        wait_until(lambda: len(plot_steps(page)) > first, what="more points on the loss plot")
         shots("training")
-        # 5. A refresh brings the same run back, at least as far along.
-        before = run_step(page)
+        # 5. A refresh brings the same run back, at least as far along: the plot shows every
+        # point it showed before, and only points of steps that arrived since besides.
+        before = wait_until(lambda: plot_steps(page), what="the loss plot before a refresh")
         page.reload()
-        wait_until(lambda: run_step(page) >= before, what="the run after a refresh")
+        after = wait_until(
+            lambda: (steps := plot_steps(page)) and len(steps) >= len(before) and steps,
+            what="the loss plot after a refresh",
+        )
+        assert after[: len(before)] == before
+        assert all(step > before[-1] for step in after[len(before) :])
+        assert run_step(page) >= before[-1]
         shots("after-refresh")
         # 6. The app dies mid-run; a new one shows the run live, and it finishes.
         app.kill()
