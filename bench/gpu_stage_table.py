@@ -17,7 +17,8 @@ Options (each one change to the baseline): fp8 (frozen weights stored in float8)
 compile (regional torch.compile), attention=fastest|flash|cudnn|efficient|math,
 checkpointing=RATIO, no-checkpointing, fused / foreach (optimizer kernels), logging=N (read the
 loss every N steps), expandable (CUDA expandable segments), pinned (pinned-memory latents),
-offload (checkpointed blocks' inputs kept in CPU memory).
+offload (checkpointed blocks' inputs kept in CPU memory), launch=CONFIG (started by `accelerate
+launch` with assets/accelerate/CONFIG.yaml on --processes GPUs: deepspeed_zero2_offload, fsdp, ...).
 
 FLOPs are the model's: 3x the forward pass's matrix products (no recomputation counted), from
 the architecture and the bucket. The fraction of peak uses the GPU's dense bf16 rate (a table of
@@ -103,16 +104,45 @@ PARAMETRIC_OPTIONS = {
 TRAINING_TYPES = {"lora": "lora", "full": "full-finetune"}
 
 
+ACCELERATE_CONFIGS = ROOT / "assets" / "accelerate"
+
+
 def option_flags(name: str) -> list[str]:
-    if name == "baseline":
+    if name == "baseline" or name.startswith("launch="):
         return []
     if name in OPTIONS:
         return OPTIONS[name]
     key, _, value = name.partition("=")
     if key in PARAMETRIC_OPTIONS and value:
         return PARAMETRIC_OPTIONS[key](value)
-    known = ", ".join([*OPTIONS, *(f"{k}=VALUE" for k in PARAMETRIC_OPTIONS)])
+    known = ", ".join([*OPTIONS, *(f"{k}=VALUE" for k in PARAMETRIC_OPTIONS), "launch=CONFIG"])
     raise SystemExit(f"error: unknown option {name!r}; known: {known}")
+
+
+def launcher(name: str, processes: int) -> list[str]:
+    """How a run starts: plain Python, or `accelerate launch` with one of assets/accelerate/
+    (`launch=deepspeed_zero2_offload` ...), on `processes` GPUs (one process covers a backend's
+    code paths; sharding's savings need several)."""
+    if not name.startswith("launch="):
+        return [sys.executable]
+    config = ACCELERATE_CONFIGS / f"{name.partition('=')[2]}.yaml"
+    if not config.is_file():
+        known = ", ".join(sorted(path.stem for path in ACCELERATE_CONFIGS.glob("*.yaml")))
+        raise SystemExit(f"error: no accelerate config {config.name}; known: {known}")
+    from jobs.spec import accelerate_executable
+
+    return [
+        accelerate_executable(),
+        "launch",
+        "--config_file",
+        str(config),
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--dynamo_backend",
+        "no",
+    ]
 
 
 # ---- the random checkpoint ---------------------------------------------------------------------
@@ -309,7 +339,9 @@ def reference_flags(
     return flags
 
 
-def run_trainer(label: str, flags: list[str], device: str, warmup: int) -> RunResult:
+def run_trainer(
+    label: str, flags: list[str], device: str, warmup: int, start: list[str]
+) -> RunResult:
     from core.events import read_events
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
@@ -317,7 +349,7 @@ def run_trainer(label: str, flags: list[str], device: str, warmup: int) -> RunRe
         env["CUDA_VISIBLE_DEVICES"] = ""
     out = Path(flags[flags.index("--output_dir") + 1])
     completed = subprocess.run(
-        [sys.executable, "-m", "core.train", *flags],
+        [*start, "-m", "core.train", *flags],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -422,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bucket", default=None, help="FxHxW (default 49x480x720; tiny 9x32x32)")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps a run")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of s/step")
+    parser.add_argument("--processes", type=int, default=1, help="GPUs for launch=CONFIG runs")
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="keeps the random checkpoints")
     args = parser.parse_args(argv)
@@ -464,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
                     if args.device == "cpu":
                         flags += ["--transformer_dtype", "fp32", "--vae_dtype", "fp32"]
                         flags += ["--text_encoder_dtype", "fp32"]
-                    results.append(run_trainer(label, flags, args.device, args.warmup))
+                    start = launcher(label, args.processes)
+                    results.append(run_trainer(label, flags, args.device, args.warmup, start))
                     print(f"  ran {family} {training_key} {label}: exit {results[-1].code}")
             print(f"\n## {family} {training}: {flops:.3g} FLOP a step (3x forward)\n")
             print("\n".join(stage_table(results, training, args.device)))

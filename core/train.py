@@ -454,7 +454,9 @@ class Trainer:
             num_cycles=config.lr_num_cycles,
             power=config.lr_power,
         )
+        self._configure_deepspeed()
         self.transformer, self.optimizer = accelerator.prepare(transformer, optimizer)
+        self.weights_sharded = self._weights_sharded()
         accelerator.register_for_checkpointing(self.lr_scheduler, self.state)
         accelerator.register_save_state_pre_hook(self._save_model_hook)
         accelerator.register_load_state_pre_hook(self._load_model_hook)
@@ -464,6 +466,56 @@ class Trainer:
         )
         micro_steps = config.train_steps * config.gradient_accumulation_steps
         self.train_epochs = math.ceil(micro_steps / batches_per_epoch)
+
+    def _configure_deepspeed(self) -> None:
+        """Settings DeepSpeed takes from its own config, set from the trainer's flags.
+
+        With no dataloader passed to `prepare` (batches come from the precompute cache or the
+        trainer's own loader), accelerate cannot infer the micro-batch size and refuses to start;
+        clipping is DeepSpeed's to do, at the trainer's --max_grad_norm.
+        """
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type != DistributedType.DEEPSPEED:
+            return
+        settings = self.accelerator.state.deepspeed_plugin.deepspeed_config
+        settings["train_micro_batch_size_per_gpu"] = self.config.batch_size
+        settings["gradient_clipping"] = max(self.config.max_grad_norm, 0.0)
+
+    def _weights_sharded(self) -> bool:
+        """Whether each process holds only a shard of the transformer's weights (ZeRO-3, FSDP).
+
+        Then every process must take part in each forward pass and in gathering the weights to
+        save them, so validation and saving run on all ranks, and only the main one writes.
+        """
+        from accelerate.utils import DistributedType
+
+        kind = self.accelerator.distributed_type
+        if kind == DistributedType.FSDP:
+            return True
+        if kind == DistributedType.DEEPSPEED:
+            return self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        return False
+
+    def _gathered_state(self, model) -> dict | None:
+        """The full state dict of a sharded model (a collective: every rank calls it)."""
+        return self.accelerator.get_state_dict(model) if self.weights_sharded else None
+
+    def _write_weights(self, transformer, folder: Path, state: dict | None) -> None:
+        """The LoRA file, or the transformer folder, of `transformer` (or of a gathered state)."""
+        if self.config.training_type == "lora":
+            self._save_lora(transformer, folder, state)
+        elif state is None:
+            transformer.save_pretrained(folder / "transformer")
+        else:
+            from huggingface_hub import save_torch_state_dict
+
+            transformer.save_config(folder / "transformer")
+            save_torch_state_dict(
+                state,
+                folder / "transformer",
+                filename_pattern="diffusion_pytorch_model{suffix}.safetensors",
+            )
 
     def resume(self) -> None:
         from core.checkpoints import checkpoint_step
@@ -632,17 +684,17 @@ class Trainer:
     def save_outputs(self) -> list[str]:
         """The final weights (LoRA file or transformer folder) and train_config.json."""
         self.accelerator.wait_for_everyone()
+        state = self._gathered_state(self.transformer)
         if not self.is_main:
             return []
         transformer = self.accelerator.unwrap_model(self.transformer)
         staging = self.output_dir / ".final.partial"
         shutil.rmtree(staging, ignore_errors=True)
+        self._write_weights(transformer, staging, state)
         if self.config.training_type == "lora":
-            self._save_lora(transformer, staging)
             (staging / LORA_WEIGHTS).replace(self.output_dir / LORA_WEIGHTS)
             outputs = [LORA_WEIGHTS]
         else:
-            transformer.save_pretrained(staging / "transformer")
             target = self.output_dir / "transformer"
             previous = self.output_dir / ".transformer.previous"
             if target.exists():
@@ -799,14 +851,14 @@ class Trainer:
         self.last_checkpoint = final
         return final
 
-    def _save_lora(self, transformer, folder: Path) -> None:
+    def _save_lora(self, transformer, folder: Path, state: dict | None = None) -> None:
         from diffusers import CogVideoXPipeline
         from peft.utils import get_peft_model_state_dict
 
         folder.mkdir(parents=True, exist_ok=True)
         CogVideoXPipeline.save_lora_weights(
             folder,
-            transformer_lora_layers=get_peft_model_state_dict(transformer),
+            transformer_lora_layers=get_peft_model_state_dict(transformer, state_dict=state),
             # Without the adapter metadata, lora_alpha is lost on reload and outputs differ.
             transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict(),
         )
@@ -814,12 +866,10 @@ class Trainer:
     def _save_model_hook(self, models, weights, output_dir) -> None:
         """accelerate saves trainable weights only: a LoRA file or the transformer folder."""
         for model in models:
-            unwrapped = self.accelerator.unwrap_model(model)
+            state = self._gathered_state(model)
             if self.is_main:
-                if self.config.training_type == "lora":
-                    self._save_lora(unwrapped, Path(output_dir))
-                else:
-                    unwrapped.save_pretrained(Path(output_dir) / "transformer")
+                unwrapped = self.accelerator.unwrap_model(model)
+                self._write_weights(unwrapped, Path(output_dir), state)
             if weights:
                 weights.pop()
 
@@ -876,18 +926,27 @@ class Trainer:
         transformer.eval()
         vae = self.encoders.vae_on(self.device)
         pipeline = family.make_pipeline(
-            transformer, vae, CogVideoXDPMScheduler.from_config(self.scheduler.config)
+            self._inference_transformer(transformer),
+            vae,
+            CogVideoXDPMScheduler.from_config(self.scheduler.config),
         )
         pipeline.set_progress_bar_config(disable=True)
         files = []
-        # Every rank renders its share of the videos, so none waits on another for longer than
-        # one video (a rank idling through all of them could outlast the NCCL timeout).
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         work = [
             (index, number)
             for index in range(len(config.validation_prompts))
             for number in range(config.num_validation_videos)
-        ][rank::world]
+        ]
+        writes = True
+        if self.weights_sharded:
+            # Each forward pass gathers weight shards from every rank: all ranks run every
+            # video in step, and the main one writes them.
+            writes = self.is_main
+        else:
+            # Every rank renders its share of the videos, so none waits on another for longer
+            # than one video (a rank idling through all of them could outlast the NCCL timeout).
+            work = work[rank::world]
         try:
             for index, number in work:
                 prompt, embed = config.validation_prompts[index], self.validation_embeds[index]
@@ -906,6 +965,8 @@ class Trainer:
                         config.validation_guidance_scale,
                         generator,
                     )
+                if not writes:
+                    continue
                 name = f"{index:02d}-{_slug(prompt)}-{number}.mp4"
                 write_video(folder / name, video, fps=config.validation_fps)
                 files.append(str((folder / name).relative_to(self.output_dir)))
@@ -927,6 +988,18 @@ class Trainer:
             tracker.log(
                 {"validation": [wandb.Video(str(self.output_dir / f)) for f in files]}, step=step
             )
+
+    def _inference_transformer(self, transformer):
+        """The module validation calls: under FSDP (1) the wrapped root, whose forward gathers
+        the root's own weight shards (the inner module's would run on shards); elsewhere the
+        unwrapped model (DeepSpeed ZeRO-3 gathers through hooks on the inner modules)."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.FSDP and not getattr(
+            self.accelerator, "is_fsdp2", False
+        ):
+            return self.transformer
+        return transformer
 
     # ---- reporting, signals, failures --------------------------------------------------------
 

@@ -43,8 +43,10 @@ class LaunchSettings(BaseModel):
     num_processes: int | None = Field(
         None, ge=1, description="Processes on this machine (default: one per GPU, or one)."
     )
-    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
-        "no", description="accelerate's autocast; the trainer's dtypes already set precision."
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = Field(
+        None,
+        description="accelerate's mixed precision; by default the config file's (DeepSpeed and "
+        "FSDP keep fp32 master weights under bf16), or none, as the trainer's dtypes set it.",
     )
     config_file: str | None = Field(
         None, description="An accelerate config (DDP, DeepSpeed, FSDP) to launch with."
@@ -195,11 +197,11 @@ class JobSpec(BaseModel):
             str(self.processes * launch.num_machines),
             "--num_machines",
             str(launch.num_machines),
-            "--mixed_precision",
-            launch.mixed_precision,
             "--dynamo_backend",
             "no",
         ]
+        if launch.mixed_precision or not launch.config_file:
+            argv += ["--mixed_precision", launch.mixed_precision or "no"]
         if self.gpu_ids:
             argv += ["--gpu_ids", ",".join(map(str, self.gpu_ids))]
         else:

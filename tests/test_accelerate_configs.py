@@ -46,6 +46,8 @@ def test_each_config_parses_and_explains_itself(path):
     spec = JobSpec(gpu_ids=[0, 1], train={}, launch=LaunchSettings(config_file=str(path)))
     argv = spec.to_argv("spec.json")
     assert argv[argv.index("--config_file") + 1] == str(path)
+    # The config's own mixed precision holds (DeepSpeed/FSDP keep fp32 masters under bf16).
+    assert "--mixed_precision" not in argv
     assert "--num_processes" in argv and argv[argv.index("--num_processes") + 1] == "2"
 
 
@@ -162,3 +164,14 @@ def test_a_bad_launch_setting_is_one_sentence_naming_its_flag(launch, flag, word
     message = str(raised.value)
     assert message.startswith(f"--{flag}: ") and words in message
     assert "\n" not in message
+
+
+def test_without_a_config_file_accelerate_adds_no_autocast():
+    argv = JobSpec(gpu_ids=[0], train={}).to_argv("spec.json")
+    assert argv[argv.index("--mixed_precision") + 1] == "no"
+    explicit = JobSpec(
+        gpu_ids=[0, 1],
+        train={},
+        launch=LaunchSettings(config_file=str(CONFIGS[0]), mixed_precision="fp16"),
+    ).to_argv("spec.json")
+    assert explicit[explicit.index("--mixed_precision") + 1] == "fp16"

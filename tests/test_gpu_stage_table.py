@@ -43,6 +43,11 @@ def test_unknown_option_is_one_sentence(bench):
     with pytest.raises(SystemExit, match="unknown option 'turbo'"):
         bench.option_flags("turbo")
     assert bench.option_flags("attention=cudnn") == ["--attention_backend", "cudnn"]
+    start = bench.launcher("launch=deepspeed_zero2_offload", 2)
+    assert start[1:3] == ["launch", "--config_file"] and start[3].endswith("_offload.yaml")
+    assert start[start.index("--num_processes") + 1] == "2"
+    with pytest.raises(SystemExit, match=r"no accelerate config zero9\.yaml"):
+        bench.launcher("launch=zero9", 1)
 
 
 def test_tiny_cpu_run_prints_both_tables(bench, tmp_path, capsys):
