@@ -438,6 +438,7 @@ class Trainer:
         self.compute_dtype = compute_dtype
         trainable = [p for p in transformer.parameters() if p.requires_grad]
         self.trainable_count = sum(p.numel() for p in trainable)
+        self.trainable = trainable
 
         batches_per_epoch = len(self._epoch_batches(0))
         self.batches_per_epoch = batches_per_epoch
@@ -583,10 +584,7 @@ class Trainer:
                     loss = self._loss(indices, videos, micro)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(
-                            self.transformer.parameters(),
-                            config.max_grad_norm if config.max_grad_norm > 0 else float("inf"),
-                        )
+                        grad_norm = self._clip_gradients()
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 self.state.position += 1
@@ -635,6 +633,22 @@ class Trainer:
         if config.validation_prompts:
             self.validate()
         self.emit_stage(STAGE_AFTER_TRAINING)
+
+    def _clip_gradients(self):
+        """Clip the gradients to --max_grad_norm (none when 0) and return their norm.
+
+        Without sharding, torch clips the trainable parameters directly (accelerate's version
+        walks the whole model every step); DeepSpeed and FSDP clip their own way.
+        """
+        import torch
+        from accelerate.utils import DistributedType
+
+        max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
+        plain = (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
+        if self.accelerator.distributed_type not in plain:
+            return self.accelerator.clip_grad_norm_(self.transformer.parameters(), max_norm)
+        self.accelerator.unscale_gradients()  # fp16 autocast's loss scaling, if any
+        return torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
 
     def _report_steps(self) -> None:
         """Read the window's losses and gradient norms back in one transfer; report each step."""
