@@ -175,3 +175,54 @@ def test_without_a_config_file_accelerate_adds_no_autocast():
         launch=LaunchSettings(config_file=str(CONFIGS[0]), mixed_precision="fp16"),
     ).to_argv("spec.json")
     assert explicit[explicit.index("--mixed_precision") + 1] == "fp16"
+
+
+def test_fsdp_launches_on_the_cpu_until_accelerate_asks_for_a_gpu(
+    tiny_models, reference_dataset, subprocess_env, tmp_path
+):
+    """The FSDP config really launched here: two ranks start, and both stop where accelerate
+    builds its FSDP plugin and finds no GPU; the trainer reports that as the run's failure."""
+    import subprocess
+
+    from core.events import read_events
+    from jobs.spec import accelerate_executable
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine trains with FSDP in the two-GPU test instead")
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [
+            accelerate_executable(),
+            "launch",
+            "--config_file",
+            str(config_path("fsdp")),
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "core.train",
+            "--pretrained_model_name_or_path",
+            str(tiny_models["5b"]),
+            "--data_root",
+            str(reference_dataset),
+            "--video_resolution_buckets",
+            "9x32x32",
+            "--training_type",
+            "full-finetune",
+            "--train_steps",
+            "1",
+            "--output_dir",
+            str(out),
+        ],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode != 0
+    assert completed.stderr.count("no available devices found") >= 2  # both ranks got there
+    failed = [e for e in read_events(out / "events.jsonl") if e.kind == "failed"]
+    assert len(failed) == 1 and "no available devices found" in failed[0].message
