@@ -268,6 +268,9 @@ class Trainer:
             self.prepared.layout,
             len(self.prepared.skipped),
         )
+        # A Hub id is fetched once (by the main process first), with its bytes as progress.
+        with self.accelerator.main_process_first():
+            self.source = family.fetch_source(self.source, self._progress)
         self.tokenizer = family.load_tokenizer(self.source)
         self.scheduler = family.load_scheduler(self.source)
         root = self.prepared.root

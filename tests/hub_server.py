@@ -215,6 +215,21 @@ class FakeHub:
                         return self._error(401, "Invalid credentials in Authorization header")
                     token = {"accessToken": {"role": "write"}}
                     return self._json(200, {"type": "user", "name": user, "auth": token})
+                # /api/models/{owner}/{name}/tree/{rev}[/{path}]: the files, as snapshots list
+                if len(parts) >= 7 and parts[1:3] == ["api", "models"] and parts[5] == "tree":
+                    repo = self._visible(f"{parts[3]}/{parts[4]}")
+                    if repo is None:
+                        return self._error(404, "Repository not found")
+                    entries = [
+                        {
+                            "type": "file",
+                            "path": name,
+                            "size": len(data),
+                            "oid": hashlib.sha1(data).hexdigest(),
+                        }
+                        for name, data in sorted(repo.files.items())
+                    ]
+                    return self._json(200, entries)
                 # /api/models/{owner}/{name}[/revision/{rev}]: the repo's info
                 if len(parts) in (5, 7) and parts[1:3] == ["api", "models"]:
                     repo = self._visible(f"{parts[3]}/{parts[4]}")

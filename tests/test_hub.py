@@ -301,3 +301,61 @@ def test_the_pushed_lora_loads_back_with_the_guide_snippet(
         downloaded
         and downloaded[0].read_bytes() == (run / "pytorch_lora_weights.safetensors").read_bytes()
     )
+
+
+def test_a_hub_base_model_downloads_with_byte_progress_then_trains(
+    hub, tiny_models, reference_dataset, subprocess_env, tmp_path
+):
+    """A base model named by Hub id is fetched before anything loads, and the run reports
+    the bytes as they arrive (a real first run downloads about 20 GB)."""
+    import subprocess
+    import sys
+    from fnmatch import fnmatch
+
+    from core.events import read_events
+    from core.models.source import BASE_MODEL_FILES, DOWNLOAD_PHASE
+    from tests.hub_server import FakeRepo
+
+    repo = FakeRepo("tester/tiny-cogvideox", private=False)
+    base = tiny_models["5b"]
+    for path in sorted(base.rglob("*")):
+        if path.is_file():
+            repo.files[path.relative_to(base).as_posix()] = path.read_bytes()
+    hub.repos[repo.repo_id] = repo
+    env = {
+        **subprocess_env,
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(tmp_path / "hf-home"),
+    }
+    out = tmp_path / "out"
+    # fmt: off
+    completed = subprocess.run(
+        [
+            sys.executable, "-m", "core.train",
+            "--pretrained_model_name_or_path", repo.repo_id,
+            "--data_root", str(reference_dataset),
+            "--video_resolution_buckets", "9x32x32",
+            "--train_steps", "1",
+            "--output_dir", str(out),
+        ],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    # fmt: on
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    wanted = sum(
+        len(data)
+        for name, data in repo.files.items()
+        if any(fnmatch(name, pattern) for pattern in BASE_MODEL_FILES)
+    )
+    reports = [e for e in read_events(out / "events.jsonl") if e.kind == "progress"]
+    downloads = [e for e in reports if e.phase == DOWNLOAD_PHASE]
+    # The component configs read earlier (to check the model's family) are already cached.
+    configs = sum(len(data) for name, data in repo.files.items() if name.endswith("config.json"))
+    assert downloads and downloads[-1].done == downloads[-1].total
+    assert wanted - configs <= downloads[-1].total <= wanted
+    assert reports.index(downloads[-1]) < next(
+        i for i, e in enumerate(reports) if e.phase != DOWNLOAD_PHASE
+    ), "the download comes before anything loads"
+    assert any(r.startswith("GET /tester/tiny-cogvideox/resolve/") for r in hub.requests)
+    assert not any(".gitattributes" in r for r in hub.requests if "/resolve/" in r)

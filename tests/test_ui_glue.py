@@ -197,3 +197,12 @@ def test_the_gradio_stub_writer_that_app_py_skips_still_exists():
     assert callable(getattr(component_meta, "create_or_modify_pyi", None))
     source = inspect.getsource(component_meta.ComponentMeta.__new__)
     assert "create_or_modify_pyi(" in source
+
+
+def test_a_base_model_download_reads_in_gigabytes_in_the_run_header():
+    from ui.runs_tab import _phase_text
+
+    assert _phase_text("downloading base model", 4_509_715_660, 21_260_088_115) == (
+        "downloading base model 4.2/19.8 GB (21%)"
+    )
+    assert _phase_text("encoding clips", 3, 12) == "encoding clips 3/12"

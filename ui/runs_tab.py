@@ -13,6 +13,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from core.models.source import DOWNLOAD_PHASE
 from jobs.gpus import list_gpus
 from jobs.runner import JobError, log_tail
 from jobs.store import Job
@@ -170,8 +171,7 @@ class RunsTab:
         eta = f" · ETA {_duration(summary.eta_seconds)}" if job.status == "running" else ""
         phase = ""
         if summary.progress and job.status == "running":
-            name, done, total = summary.progress
-            phase = f" · {html.escape(name)} {done}/{total}"
+            phase = f" · {html.escape(_phase_text(*summary.progress))}"
         header = (
             f'<div class="run-header"><span class="status" style="background:{colour}">'
             f"{job.status}</span> <b>{html.escape(job.name)}</b> · step {summary.step}"
@@ -259,3 +259,10 @@ class RunsTab:
             self.studio.forget(job)
 
         return self._act(delete, job_id, "Deleted."), False
+
+
+def _phase_text(name: str, done: int, total: int) -> str:
+    """ "encoding clips 3/12"; a download in bytes reads "downloading base model 4.2/19.8 GB"."""
+    if name == DOWNLOAD_PHASE:
+        return f"{name} {done / 1024**3:.1f}/{total / 1024**3:.1f} GB ({done / max(total, 1):.0%})"
+    return f"{name} {done}/{total}"

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import UserError
-from core.models.source import ModelSource, check_source, read_component_config
+from core.models.source import ModelSource, check_source, fetch_source, read_component_config
 
-__all__ = ["ModelSource", "check_source", "read_component_config"]
+__all__ = ["ModelSource", "check_source", "fetch_source", "read_component_config"]
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FP8_DTYPES = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}

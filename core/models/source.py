@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,3 +81,77 @@ def read_component_config(source: ModelSource, component: str) -> dict[str, Any]
             f"({type(error).__name__}); check the id, your network and HF_TOKEN"
         ) from None
     return json.loads(Path(path).read_text())
+
+
+# What a training run reads of a base model repo (CogVideoX repos hold nothing else it needs).
+BASE_MODEL_FILES = [
+    "model_index.json",
+    "scheduler/*",
+    "tokenizer/*",
+    "text_encoder/*",
+    "vae/*",
+    "transformer/*",
+]
+DOWNLOAD_PHASE = "downloading base model"
+Progress = Callable[[str, int, int], None]
+
+
+def fetch_source(source: ModelSource, progress: Progress) -> ModelSource:
+    """A Hub base model fetched into the Hugging Face cache, reporting bytes as they arrive.
+
+    A first run of CogVideoX-5b downloads about 20 GB; without this the run would sit in
+    "loading" for many minutes with nothing to show. A cached model costs one listing (or
+    nothing offline); a local folder is returned as it is.
+    """
+    if source.is_local:
+        return source
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(
+            source.name,
+            revision=source.revision,
+            allow_patterns=BASE_MODEL_FILES,
+            tqdm_class=_download_progress_class(progress),
+        )
+    except Exception as error:  # the hub client raises many types; all mean "can't fetch"
+        raise UserError(
+            f"--pretrained_model_name_or_path: could not download {source.name} from the Hub "
+            f"({type(error).__name__}); check the id, your network, free disk space and HF_TOKEN"
+        ) from None
+    return ModelSource(folder, variant=source.variant)
+
+
+def _download_progress_class(progress: Progress):
+    """A progress bar class for snapshot_download that reports its byte total, not a bar.
+
+    snapshot_download makes one bar per purpose and names them; the one named
+    "huggingface_hub.snapshot_download" counts the bytes written for every file (its total
+    grows as each file's download starts). Reports come at most twice a second, and at the end.
+    """
+    from huggingface_hub.utils import tqdm as hub_tqdm
+
+    class DownloadProgress(hub_tqdm):
+        def __init__(self, *args, name: str | None = None, **kwargs):
+            self.reports = name == "huggingface_hub.snapshot_download"
+            self.counted = kwargs.get("initial") or 0
+            self.reported_at = 0.0
+            kwargs["disable"] = True  # no terminal bar in train.log
+            super().__init__(*args, name=name, **kwargs)
+
+        def update(self, n: float | None = 1) -> None:
+            self.counted += n or 0
+            if time.monotonic() - self.reported_at >= 0.5:
+                self.report()
+
+        def close(self) -> None:
+            self.report()
+            super().close()
+
+        def report(self) -> None:
+            if self.reports:
+                self.reported_at = time.monotonic()
+                done = int(self.counted)
+                progress(DOWNLOAD_PHASE, done, max(int(self.total or 0), done))
+
+    return DownloadProgress
