@@ -364,9 +364,17 @@ class Trainer:
         dtype = family.DTYPES[config.transformer_dtype]
         check_attention_backend(config.attention_backend, self.device, dtype)
         self.emit(ProgressEvent(phase="loading transformer", done=0, total=1))
-        transformer = family.load_transformer(self.source, family.DTYPES[config.transformer_dtype])
+        transformer = family.load_transformer(self.source, dtype)
         if config.training_type == "lora":
             family.lora_target_check(transformer, config.target_modules)
+        if config.layerwise_upcasting_modules:  # LoRA only (checked with the inputs)
+            # Cast to fp8 storage before the move, so the bf16 weights never sit on the GPU:
+            # for the 5B they alone (10.4 GB) would set the run's peak of reserved memory.
+            transformer.enable_layerwise_casting(
+                storage_dtype=family.FP8_DTYPES[config.layerwise_upcasting_storage_dtype],
+                compute_dtype=dtype,
+                skip_modules_pattern=tuple(config.layerwise_upcasting_skip_modules_pattern),
+            )
         self.transformer = transformer.to(self.device)
         self.attention_backend = config.attention_backend
         if config.attention_backend == "fastest":
@@ -404,12 +412,6 @@ class Trainer:
         compute_dtype = family.DTYPES[config.transformer_dtype]
         if config.training_type == "lora":
             transformer.requires_grad_(False)
-            if config.layerwise_upcasting_modules:
-                transformer.enable_layerwise_casting(
-                    storage_dtype=family.FP8_DTYPES[config.layerwise_upcasting_storage_dtype],
-                    compute_dtype=compute_dtype,
-                    skip_modules_pattern=tuple(config.layerwise_upcasting_skip_modules_pattern),
-                )
             from peft import LoraConfig
 
             transformer.add_adapter(
