@@ -26,8 +26,12 @@ $(RUN_STAMP): requirements.txt | $(VENV)/bin/python
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	touch $@
 
-$(TEST_STAMP): requirements.txt requirements-dev.txt $(RUN_STAMP)
+$(TEST_STAMP): requirements.txt requirements-dev.txt requirements-gpu.txt $(RUN_STAMP)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	# DeepSpeed's source package builds against the torch installed above (hence no build
+	# isolation); its CPU collective is compiled now rather than in the first test.
+	DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 $(PY) -m pip install --disable-pip-version-check -q \
+	  --no-build-isolation -r requirements-gpu.txt
 	touch $@
 
 # Browser tests drive Debian's chromium (never a browser downloaded by playwright).

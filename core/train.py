@@ -235,11 +235,15 @@ class Trainer:
                 logging_dir=str(self.output_dir / config.logging_dir),
             ),
             kwargs_handlers=[
-                InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=config.nccl_timeout))
+                InitProcessGroupKwargs(
+                    backend=_cpu_deepspeed_backend(),
+                    timeout=datetime.timedelta(seconds=config.nccl_timeout),
+                )
             ],
         )
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
+        self._load_frozen_models_whole()
         logging.basicConfig(
             level=logging.INFO,
             format="%(asctime)s %(levelname)s %(message)s",
@@ -254,6 +258,22 @@ class Trainer:
         rank = self.accelerator.process_index
         self.state = TrainingState(config.seed)
         log.warning("Process %d of %d on %s", rank + 1, self.accelerator.num_processes, self.device)
+
+    def _load_frozen_models_whole(self) -> None:
+        """Under ZeRO-3, load the text encoder and VAE whole on every rank (no zero.Init).
+
+        With the configs' zero3_init_flag, transformers would build the T5 encoder partitioned
+        across ranks; the main process, encoding prompts first, would then wait forever for the
+        other ranks' shards. Only the trained transformer is sharded, by DeepSpeed itself.
+        """
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is not None:
+            # transformers asks its global DeepSpeed config whether ZeRO-3 is on (accelerate
+            # sets it whatever zero3_init_flag says); without it, models load whole.
+            from transformers.integrations import unset_hf_deepspeed_config
+
+            plugin.zero3_init_flag = False
+            unset_hf_deepspeed_config()
 
     def prepare_data(self) -> None:
         from core.models import cogvideox as family
@@ -1110,6 +1130,18 @@ class Trainer:
         if "out of memory" in text.lower():
             return "out of memory: " + text.splitlines()[0][:300]
         return text.splitlines()[0][:500] if text else type(error).__name__
+
+
+def _cpu_deepspeed_backend() -> str | None:
+    """gloo for DeepSpeed launched on a machine without CUDA, else accelerate's own choice.
+
+    There accelerate finds no device backend and counts one process, while DeepSpeed (on its
+    CPU accelerator) starts all of them; naming gloo makes both see the same ranks.
+    """
+    import torch
+
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    return "gloo" if deepspeed and not torch.cuda.is_available() else None
 
 
 def _collate_videos(items: list[dict]):

@@ -142,24 +142,35 @@ class JobSpec(BaseModel):
     @field_validator("launch")
     @classmethod
     def _sharding_needs_gpus(cls, launch: LaunchSettings, info: ValidationInfo):
-        """DeepSpeed and FSDP configs cannot run on the CPU: accelerate refuses FSDP there and
-        DeepSpeed needs CUDA, so a CPU run would silently ignore the config."""
-        if launch.config_file and not info.data.get("gpu_ids", [0]):
-            kind = distributed_type(launch.config_file)
-            if kind in ("DEEPSPEED", "FSDP"):
-                raise ValueError(
-                    f"--config_file: {Path(launch.config_file).name} shards the model over GPUs "
-                    f"({kind}), which does not run on the CPU; select GPUs or choose no config"
-                )
+        """FSDP configs cannot run on the CPU (accelerate refuses FSDP without a GPU, or
+        silently trains plain data parallel). DeepSpeed can: on its CPU accelerator, over gloo,
+        slowly, which is enough to try a ZeRO setup before renting GPUs."""
+        on_cpu = not info.data.get("gpu_ids", [0])
+        if on_cpu and launch.config_file and distributed_type(launch.config_file) == "FSDP":
+            raise ValueError(
+                f"--config_file: {Path(launch.config_file).name} shards the model over GPUs "
+                "(FSDP), which does not run on the CPU; select GPUs, or choose a DeepSpeed "
+                "config or none"
+            )
         return launch
+
+    @property
+    def deepspeed(self) -> bool:
+        return bool(self.launch.config_file) and (
+            distributed_type(self.launch.config_file) == "DEEPSPEED"
+        )
 
     @property
     def processes(self) -> int:
         return self.launch.num_processes or max(1, len(self.gpu_ids))
 
     def launch_env(self) -> dict[str, str]:
-        """Environment the launch needs: CPU runs tell accelerate to use gloo on the CPU."""
-        return {} if self.gpu_ids else {"ACCELERATE_USE_CPU": "1"}
+        """Environment the launch needs: CPU runs tell accelerate to use gloo on the CPU.
+
+        Not under DeepSpeed: that flag would make accelerate drop DeepSpeed for plain data
+        parallel; the trainer names gloo for DeepSpeed's ranks itself.
+        """
+        return {} if self.gpu_ids or self.deepspeed else {"ACCELERATE_USE_CPU": "1"}
 
     def _torchrun_argv(self) -> list[str]:
         """Several processes on the CPU (on one machine or more): `accelerate launch --cpu`
@@ -187,7 +198,8 @@ class JobSpec(BaseModel):
     def launch_argv(self) -> list[str]:
         """`accelerate launch` and its flags, up to the module it runs."""
         launch = self.launch
-        if not self.gpu_ids and (self.processes > 1 or launch.num_machines > 1):
+        cpu_ranks = self.processes > 1 or launch.num_machines > 1
+        if not self.gpu_ids and cpu_ranks and not self.deepspeed:
             return self._torchrun_argv()
         argv = [accelerate_executable(), "launch"]
         if launch.config_file:
@@ -204,7 +216,7 @@ class JobSpec(BaseModel):
             argv += ["--mixed_precision", launch.mixed_precision or "no"]
         if self.gpu_ids:
             argv += ["--gpu_ids", ",".join(map(str, self.gpu_ids))]
-        else:
+        elif not self.deepspeed:  # --cpu would drop DeepSpeed; it finds the CPU itself
             argv += ["--cpu", "--num_cpu_threads_per_process", str(os.cpu_count() or 1)]
         if self.processes > 1 and not launch.config_file:
             argv += ["--multi_gpu"]
@@ -214,7 +226,7 @@ class JobSpec(BaseModel):
                 argv += ["--main_process_ip", launch.main_process_ip]
             if launch.main_process_port:
                 argv += ["--main_process_port", str(launch.main_process_port)]
-            if launch.config_file and distributed_type(launch.config_file) == "DEEPSPEED":
+            if self.deepspeed:
                 # Each machine starts its own ranks (the node commands), not pdsh over ssh.
                 argv += ["--deepspeed_multinode_launcher", "standard"]
         return argv
