@@ -156,7 +156,7 @@ def test_start_submits_the_automatic_config_and_the_machines(train_tab):
         (launch_values(machines=2, rank=2, address="10.0.0.5"), "This machine's rank"),
         (launch_values(machines=2), "Main process address"),
         (launch_values(port="http"), "Main process port"),
-        (launch_values("deepspeed_zero2"), "does not run on the CPU"),
+        (launch_values("fsdp"), "does not run on the CPU"),
     ],
 )
 def test_a_bad_launch_setting_is_shown_in_the_message_area_and_nothing_starts(
