@@ -14,8 +14,10 @@ WORKDIR /app
 RUN python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY requirements.txt requirements-gpu.txt ./
-# The pinned torch resolves to its CUDA build on Linux x86_64.
-RUN pip install -r requirements.txt -r requirements-gpu.txt
+# The pinned torch resolves to its CUDA build on Linux x86_64. DeepSpeed's source package builds
+# against that torch (no build isolation); its CUDA kernels compile when first used.
+RUN pip install -r requirements.txt \
+ && DS_BUILD_OPS=0 pip install --no-build-isolation -r requirements-gpu.txt
 
 COPY . .
 EXPOSE 7860
