@@ -256,13 +256,8 @@ def dataset_for(bucket: tuple[int, int, int], workdir: Path) -> Path:
 # ---- FLOPs -------------------------------------------------------------------------------------
 
 
-def forward_flops(transformer: dict, bucket: tuple[int, int, int], batch: int = 1) -> float:
-    """Matrix-product FLOPs of one transformer forward pass at a bucket."""
-    frames, height, width = bucket
-    patch, patch_t = transformer["patch_size"], transformer.get("patch_size_t") or 1
-    latent_frames = (frames - 1) // 4 + 1
-    latent_frames = -(-latent_frames // patch_t)  # the 1.5 family pads to whole temporal patches
-    video_tokens = latent_frames * (height // 8 // patch) * (width // 8 // patch)
+def forward_flops(transformer: dict, video_tokens: int, batch: int = 1) -> float:
+    """Matrix-product FLOPs of one transformer forward pass over a clip's tokens."""
     tokens = video_tokens + transformer["max_text_seq_length"]
     dim = transformer["num_attention_heads"] * transformer["attention_head_dim"]
     projections = 4 * 2 * tokens * dim * dim  # q, k, v, out
@@ -460,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from core.config import parse_bucket
+    from core.models.cogvideox import ModelSource, family_rules
 
     bucket = parse_bucket(args.bucket or ("49x480x720" if args.scale == "full" else "9x32x32"))
     trainings = args.training or list(TRAINING_TYPES)
@@ -480,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     for family in args.family:
         model = model_for(family, args.scale, args.device, workdir)
         transformer = json.loads((model / "transformer" / "config.json").read_text())
-        flops = 3 * forward_flops(transformer, bucket)
+        tokens = family_rules(ModelSource(str(model))).video_tokens(*bucket)
+        flops = 3 * forward_flops(transformer, tokens)
         for training_key in trainings:
             training = TRAINING_TYPES[training_key]
             labels = ["baseline"] + [

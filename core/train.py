@@ -404,10 +404,8 @@ class Trainer:
     def _fastest_attention(self, architecture, dtype) -> str:
         from core.performance import fastest_attention_backend
 
-        patch, patch_t = architecture.patch_size, architecture.patch_size_t or 1
         tokens = architecture.max_text_seq_length + max(
-            -(-((frames - 1) // 4 + 1) // patch_t) * (height // 8 // patch) * (width // 8 // patch)
-            for frames, height, width in self.config.buckets
+            self.rules.video_tokens(*bucket) for bucket in self.config.buckets
         )
         backend = fastest_attention_backend(
             self.device,

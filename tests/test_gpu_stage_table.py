@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ def bench():
 
 
 def test_flops_of_a_5b_step_at_the_reference_shape(bench):
+    from core.models.cogvideox import FamilyRules
+
     # The 5B transformer at 49x480x720: 17,550 video tokens + 226 text tokens, 42 blocks of 3072.
     config = {
         "patch_size": 2,
@@ -33,10 +36,22 @@ def test_flops_of_a_5b_step_at_the_reference_shape(bench):
     }
     tokens, dim = 17_550 + 226, 3072
     expected = 42 * (24 * tokens * dim**2 + 4 * tokens**2 * dim)
-    assert bench.forward_flops(config, (49, 480, 720)) == expected
+    rules = FamilyRules(
+        temporal_compression=4,
+        spatial_compression=8,
+        patch_size=2,
+        patch_size_t=None,
+        scaling_factor=0.7,
+        rotary=True,
+    )
+    video_tokens = rules.video_tokens(49, 480, 720)
+    assert video_tokens == 17_550
+    assert bench.forward_flops(config, video_tokens) == expected
     assert 0.9e15 < 3 * expected < 1.3e15  # the "about 1.2e15 FLOPs a step"
     # The 1.5 family's temporal patch of 2 halves the frames (13 latent frames pad to 14).
-    assert bench.forward_flops({**config, "patch_size_t": 2}, (49, 480, 720)) < expected
+    one_five = replace(rules, patch_size_t=2).video_tokens(49, 480, 720)
+    assert one_five == 7 * 30 * 45
+    assert bench.forward_flops(config, one_five) < expected
 
 
 def test_unknown_option_is_one_sentence(bench):

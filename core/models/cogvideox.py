@@ -119,6 +119,12 @@ class FamilyRules:
             latent += self.patch_size_t - latent % self.patch_size_t
         return latent
 
+    def video_tokens(self, frames: int, height: int, width: int) -> int:
+        """The transformer's tokens for one clip: one per patch of the latent video."""
+        side = self.spatial_compression * self.patch_size
+        temporal_patches = self.latent_frames(frames) // (self.patch_size_t or 1)
+        return temporal_patches * (height // side) * (width // side)
+
 
 def family_rules(source: ModelSource) -> FamilyRules:
     transformer = read_component_config(source, "transformer")
