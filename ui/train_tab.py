@@ -357,6 +357,11 @@ class TrainTab:
             where = ""
         return _message(f"{where}{error}", "error")
 
+    def _split_launch(self, values: tuple) -> tuple[tuple, tuple]:
+        """Handler inputs after the name and GPUs: the launch widgets' values, then the form's."""
+        count = len(self.launch_inputs)
+        return values[:count], values[count:]
+
     def _node_commands(self, spec: JobSpec):
         commands = spec.node_commands()
         text = "\n\n".join(
@@ -366,7 +371,7 @@ class TrainTab:
 
     def show_node_commands(self, name: str, gpus: list[int], *values):
         """The node commands, kept up to date while the machines are filled in."""
-        launch, values = values[:5], values[5:]
+        launch, values = self._split_launch(values)
         machines = launch[1]
         if not isinstance(machines, (int, float)) or machines <= 1:
             return gr.Code(value="", visible=False)
@@ -377,7 +382,7 @@ class TrainTab:
         return self._node_commands(spec)
 
     def show_command(self, name: str, gpus: list[int], *values):
-        launch, values = values[:5], values[5:]
+        launch, values = self._split_launch(values)
         try:
             spec = self._spec(name, gpus, launch, values)
         except UserError as error:
@@ -385,7 +390,7 @@ class TrainTab:
         return spec.show_command(), self._node_commands(spec), ""
 
     def save_config(self, name: str, gpus: list[int], *values):
-        launch, values = values[:5], values[5:]
+        launch, values = self._split_launch(values)
         try:
             spec = self._spec(name, gpus, launch, values)
         except UserError as error:
@@ -430,7 +435,7 @@ class TrainTab:
 
     def start_job(self, name: str, gpus: list[int], *values):
         """Validate, refuse a double start, submit; returns (message, job or None)."""
-        launch, values = values[:5], values[5:]
+        launch, values = self._split_launch(values)
         try:
             spec = self._spec(name, gpus, launch, values)
         except UserError as error:
