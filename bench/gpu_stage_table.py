@@ -4,21 +4,23 @@ Builds a CogVideoX checkpoint with random weights (full size: the real architect
 CogVideoX-2b / 5b / 1.5-5B, T5-XXL and the VAE, written once to --workdir; tiny: core/tiny.py),
 writes one random clip of the reference shape, and runs the real trainer (`python -m
 core.train`, one fresh process a configuration so each memory peak is its own) for the
-reference's LoRA (rank 128, batch 1, gradient checkpointing, AdamW, precomputed conditions) and
-its full finetune; then once more for each option, changing one thing at a time. Every run
+reference's LoRA (rank 128, batch 1, gradient checkpointing, precomputed conditions) and
+its full finetune (the "2-5b-lora" and "4-5b-full-finetune" presets hold the reference's
+settings: 8-bit AdamW, slicing and tiling); then once more for each option. Every run
 encodes its clip and prompt itself, as the reference's did, so its table holds the encoders'
 peaks too.
 
     python bench/gpu_stage_table.py                        # 5b LoRA and full finetune on cuda
-    python bench/gpu_stage_table.py --family 2b 5b 1.5 --options fp8 8bit-adam compile
+    python bench/gpu_stage_table.py --family 2b 5b 1.5 --options fp8 offload+expandable compile
     python bench/gpu_stage_table.py --device cpu --scale tiny   # the script's own test
 
-Options (each one change to the baseline): fp8 (frozen weights stored in float8), 8bit-adam,
-compile (regional torch.compile), attention=fastest|flash|cudnn|efficient|math,
-checkpointing=RATIO, no-checkpointing, fused / foreach (optimizer kernels), logging=N (read the
-loss every N steps), expandable (CUDA expandable segments), pinned (pinned-memory latents),
-offload (checkpointed blocks' inputs kept in CPU memory), launch=CONFIG (started by `accelerate
-launch` with assets/accelerate/CONFIG.yaml on --processes GPUs: deepspeed_zero2_offload, fsdp, ...).
+Options (each one change to the baseline; `a+b` applies both): fp8 (frozen weights stored in
+float8), adamw (torch's AdamW instead of the reference's 8-bit AdamW), compile (regional
+torch.compile), attention=fastest|flash|cudnn|efficient|math, checkpointing=RATIO,
+no-checkpointing, fused / foreach (torch AdamW kernels), logging=N (read the loss every N steps),
+expandable (CUDA expandable segments), pinned (pinned-memory latents), offload (checkpointed
+blocks' inputs kept in CPU memory), rank=R, launch=CONFIG (started by `accelerate launch` with
+assets/accelerate/CONFIG.yaml on --processes GPUs: deepspeed_zero2_offload, fsdp, ...).
 
 FLOPs are the model's: 3x the forward pass's matrix products (no recomputation counted), from
 the architecture and the bucket. The fraction of peak uses the GPU's dense bf16 rate (a table of
@@ -84,48 +86,81 @@ PEAK_BF16_TFLOPS = [
     ("A10", 125.0),
 ]
 
-# One change to the reference's command line each.
+# One change to the reference's settings each (TrainConfig fields); `a+b` combines options.
 OPTIONS = {
-    "fp8": ["--layerwise_upcasting_modules", "transformer"],
-    "8bit-adam": ["--use_8bit_bnb"],
-    "compile": ["--compile_transformer_blocks"],
-    "fused": ["--optimizer_implementation", "fused"],
-    "foreach": ["--optimizer_implementation", "foreach"],
-    "expandable": ["--expandable_segments"],
-    "pinned": ["--pin_memory"],
-    "offload": ["--offload_activations"],
-    "no-checkpointing": ["--no-gradient_checkpointing"],
+    "fp8": {"layerwise_upcasting_modules": ["transformer"]},
+    "adamw": {"use_8bit_bnb": False},  # torch's AdamW (fp32 states) instead of 8-bit AdamW
+    "compile": {"compile_transformer_blocks": True},
+    "fused": {"optimizer_implementation": "fused", "use_8bit_bnb": False},
+    "foreach": {"optimizer_implementation": "foreach", "use_8bit_bnb": False},
+    "expandable": {"expandable_segments": True},
+    "pinned": {"pin_memory": True},
+    "offload": {"offload_activations": True},
+    "no-checkpointing": {"gradient_checkpointing": False},
 }
 PARAMETRIC_OPTIONS = {
-    "attention": lambda value: ["--attention_backend", value],
-    "checkpointing": lambda value: ["--gradient_checkpointing_ratio", value],
-    "logging": lambda value: ["--logging_steps", value],
+    "attention": lambda value: {"attention_backend": value},
+    "checkpointing": lambda value: {"gradient_checkpointing_ratio": float(value)},
+    "logging": lambda value: {"logging_steps": int(value)},
+    "rank": lambda value: {"rank": int(value), "lora_alpha": int(value)},
 }
 TRAINING_TYPES = {"lora": "lora", "full": "full-finetune"}
+# The reference guide's command as its presets hold it (5B, 49x480x720, 8-bit AdamW).
+REFERENCE_PRESETS = {"lora": "2-5b-lora.json", "full": "4-5b-full-finetune.json"}
+PRESETS = ROOT / "assets" / "presets"
 
 
-ACCELERATE_CONFIGS = ROOT / "assets" / "accelerate"
+def option_settings(name: str) -> dict:
+    """The settings an option (or options joined by +) changes; launch=CONFIG changes none."""
+    settings: dict = {}
+    for part in name.split("+"):
+        if part in ("", "baseline") or part.startswith("launch="):
+            continue
+        key, _, value = part.partition("=")
+        if part in OPTIONS:
+            settings.update(OPTIONS[part])
+        elif key in PARAMETRIC_OPTIONS and value:
+            settings.update(PARAMETRIC_OPTIONS[key](value))
+        else:
+            known = [*OPTIONS, *(f"{k}=VALUE" for k in PARAMETRIC_OPTIONS), "launch=CONFIG"]
+            raise SystemExit(f"error: unknown option {part!r}; known: {', '.join(known)}")
+    return settings
+
+
+def settings_flags(settings: dict) -> list[str]:
+    """Trainer flags for TrainConfig settings."""
+    flags: list[str] = []
+    for name, value in settings.items():
+        if isinstance(value, bool):
+            flags.append(f"--{name}" if value else f"--no-{name}")
+        elif isinstance(value, list):
+            flags += [f"--{name}", *map(str, value)]
+        elif value is not None:
+            flags += [f"--{name}", str(value)]
+    return flags
 
 
 def option_flags(name: str) -> list[str]:
-    if name == "baseline" or name.startswith("launch="):
-        return []
-    if name in OPTIONS:
-        return OPTIONS[name]
-    key, _, value = name.partition("=")
-    if key in PARAMETRIC_OPTIONS and value:
-        return PARAMETRIC_OPTIONS[key](value)
-    known = ", ".join([*OPTIONS, *(f"{k}=VALUE" for k in PARAMETRIC_OPTIONS), "launch=CONFIG"])
-    raise SystemExit(f"error: unknown option {name!r}; known: {known}")
+    return settings_flags(option_settings(name))
+
+
+def reference_settings(training: str) -> dict:
+    """The reference command's settings for `lora` or `full`, as its preset holds them."""
+    preset = json.loads((PRESETS / REFERENCE_PRESETS[training]).read_text())
+    return dict(preset["train"])
+
+
+ACCELERATE_CONFIGS = ROOT / "assets" / "accelerate"
 
 
 def launcher(name: str, processes: int) -> list[str]:
     """How a run starts: plain Python, or `accelerate launch` with one of assets/accelerate/
     (`launch=deepspeed_zero2_offload` ...), on `processes` GPUs (one process covers a backend's
     code paths; sharding's savings need several)."""
-    if not name.startswith("launch="):
+    launch = next((part for part in name.split("+") if part.startswith("launch=")), None)
+    if launch is None:
         return [sys.executable]
-    config = ACCELERATE_CONFIGS / f"{name.partition('=')[2]}.yaml"
+    config = ACCELERATE_CONFIGS / f"{launch.partition('=')[2]}.yaml"
     if not config.is_file():
         known = ", ".join(sorted(path.stem for path in ACCELERATE_CONFIGS.glob("*.yaml")))
         raise SystemExit(f"error: no accelerate config {config.name}; known: {known}")
@@ -287,51 +322,45 @@ class RunResult:
     trainable: int | None = None
     message: str = ""
 
+    def record(
+        self, family: str, training: str, scale: str, bucket, device: str, flops: float
+    ) -> dict:
+        """What a results file keeps of this run."""
+        seconds = self.step_seconds
+        return {
+            "family": family,
+            "scale": scale,
+            "training": training,
+            "options": self.label,
+            "bucket": "x".join(map(str, bucket)),
+            "device": device,
+            "exit": self.code,
+            "message": self.message,
+            "stages": self.stages,
+            "step_seconds": seconds,
+            "tflops": flops / seconds / 1e12 if seconds else None,
+        }
+
 
 def reference_flags(
     model: Path, data: Path, bucket, training: str, steps: int, out: Path, cache: Path
 ) -> list[str]:
-    """The reference's command line at benchmark length: train, then one short validation."""
-    flags = [
-        "--pretrained_model_name_or_path",
-        str(model),
-        "--data_root",
-        str(data),
-        "--video_resolution_buckets",
-        "x".join(map(str, bucket)),
-        "--training_type",
-        training,
-        "--seed",
-        "42",
-        "--batch_size",
-        "1",
-        "--precompute_conditions",
-        "--train_steps",
-        str(steps),
-        "--gradient_checkpointing",
-        "--checkpointing_steps",
-        str(steps + 1),
-        "--enable_slicing",
-        "--enable_tiling",
-        "--optimizer",
-        "adamw",
-        "--lr",
-        "3e-5",
-        "--max_grad_norm",
-        "1.0",
-        "--validation_prompts",
-        "a random benchmark prompt",
-        "--validation_inference_steps",
-        "2",
-        "--output_dir",
-        str(out),
-        "--cache_dir",
-        str(cache),
-    ]
-    if training == "lora":
-        flags += ["--rank", "128", "--lora_alpha", "128"]
-        flags += ["--target_modules", "to_q", "to_k", "to_v", "to_out.0"]
-    return flags
+    """The reference's settings at benchmark length: train, then one short validation."""
+    settings = reference_settings("lora" if training == "lora" else "full")
+    settings.update(
+        pretrained_model_name_or_path=str(model),
+        data_root=str(data),
+        video_resolution_buckets=["x".join(map(str, bucket))],
+        seed=42,
+        train_steps=steps,
+        checkpointing_steps=steps + 1,
+        max_grad_norm=1.0,
+        validation_prompts=["a random benchmark prompt"],
+        validation_inference_steps=2,
+        output_dir=str(out),
+        cache_dir=str(cache),
+    )
+    return settings_flags(settings)
 
 
 def run_trainer(
@@ -439,20 +468,35 @@ def device_name(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--scale", choices=("full", "tiny"), default="full")
     parser.add_argument("--family", nargs="+", choices=("2b", "5b", "1.5"), default=["5b"])
     parser.add_argument("--training", nargs="+", choices=tuple(TRAINING_TYPES), default=None)
-    parser.add_argument("--options", nargs="*", default=["fp8", "8bit-adam", "compile"])
+    parser.add_argument("--options", nargs="*", default=["fp8", "adamw", "compile"])
+    parser.add_argument(
+        "--skip-baseline", action="store_true", help="run only the options, not the baseline"
+    )
     parser.add_argument("--bucket", default=None, help="FxHxW (default 49x480x720; tiny 9x32x32)")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps a run")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of s/step")
     parser.add_argument("--processes", type=int, default=1, help="GPUs for launch=CONFIG runs")
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="keeps the random checkpoints")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="append each run's figures to this JSON-lines file",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for option in args.options:
+        option_settings(option)  # an unknown option fails before anything is built
 
     from core.config import parse_bucket
     from core.models.cogvideox import ModelSource, family_rules
@@ -480,9 +524,10 @@ def main(argv: list[str] | None = None) -> int:
         flops = 3 * forward_flops(transformer, tokens)
         for training_key in trainings:
             training = TRAINING_TYPES[training_key]
-            labels = ["baseline"] + [
-                o for o in args.options if not (o == "fp8" and training != "lora")
-            ]
+            labels = [] if args.skip_baseline else ["baseline"]
+            labels += [o for o in args.options if training == "lora" or "fp8" not in o.split("+")]
+            if not labels:
+                continue
             results = []
             for label in labels:
                 with tempfile.TemporaryDirectory(dir=workdir) as scratch:
@@ -497,6 +542,12 @@ def main(argv: list[str] | None = None) -> int:
                     start = launcher(label, args.processes)
                     results.append(run_trainer(label, flags, args.device, args.warmup, start))
                     print(f"  ran {family} {training_key} {label}: exit {results[-1].code}")
+                if args.results:
+                    record = results[-1].record(
+                        family, training_key, args.scale, bucket, name, flops
+                    )
+                    with args.results.open("a", encoding="utf-8") as file:
+                        file.write(json.dumps(record) + "\n")
             print(f"\n## {family} {training}: {flops:.3g} FLOP a step (3x forward)\n")
             print("\n".join(stage_table(results, training, args.device)))
             print()
