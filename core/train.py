@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from core.config import TrainConfig, parse_args
 from core.data.dataset import relative_name
+from core.diskspace import full_disk_failure, tolerate_full_disk_in_std_streams
 from core.errors import EXIT_FAILED, EXIT_USER_ERROR, UserError
 from core.events import (
     STAGE_AFTER_CONDITIONS,
@@ -166,7 +167,9 @@ class Trainer:
             return self._fail("interrupted before the run could save a checkpoint")
         except Exception as error:  # the one place every other failure is reported and exits 1
             traceback.print_exc()
-            message = self._describe_crash(error)
+            message = full_disk_failure(
+                error, self.config.output_dir, self.config.cache_path
+            ) or self._describe_crash(error)
             return self._fail(message)
         finally:
             for signum, handler in previous_handlers.items():
@@ -1110,17 +1113,21 @@ class Trainer:
             if saved is None or not saved.name.endswith(f"-{step}"):
                 saved = self.save_checkpoint()
             checkpoint = saved.name
-        self.emit(StoppedEvent(step=step, checkpoint=checkpoint))
+        exit_code = 128 + (self.stop_signal or signal.SIGTERM)
+        self.emit(StoppedEvent(step=step, checkpoint=checkpoint, exit_code=exit_code))
         log.warning(
             "Stopped at step %d%s", step, f"; resume from {checkpoint}" if checkpoint else ""
         )
-        return 128 + (self.stop_signal or signal.SIGTERM)
+        return exit_code
 
     def _fail(self, message: str, user_error: bool = False) -> int:
         step = self.state.global_step if hasattr(self, "state") else None
-        self.emit(FailedEvent(message=message, user_error=user_error, step=step))
+        exit_code = EXIT_USER_ERROR if user_error else EXIT_FAILED
+        self.emit(
+            FailedEvent(message=message, user_error=user_error, step=step, exit_code=exit_code)
+        )
         print(f"error: {message}", file=sys.stderr, flush=True)
-        return EXIT_USER_ERROR if user_error else EXIT_FAILED
+        return exit_code
 
     @staticmethod
     def _describe_crash(error: Exception) -> str:
@@ -1154,6 +1161,7 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tolerate_full_disk_in_std_streams()  # train.log on a full disk must not end the run
     try:
         config = parse_args(argv)
     except UserError as error:

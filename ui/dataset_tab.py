@@ -7,6 +7,7 @@ page needs none of it, and the page should start serving as soon as it can.
 
 from __future__ import annotations
 
+import html
 import time
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def make_demo_clips(folder: Path) -> Path:
 
 
 def _message(text: str, kind: str = "info") -> str:
-    return f'<div class="studio-{kind}">{text}</div>'
+    return f'<div class="studio-{kind}">{html.escape(text)}</div>'  # names come from uploads
 
 
 class DatasetTab:
@@ -176,7 +177,7 @@ class DatasetTab:
         from core.data.importing import link_server_folder
 
         try:
-            folder = link_server_folder(path, self.studio.allowed_roots)
+            folder = link_server_folder(path, self.studio.confinement)
         except UserError as error:
             return (gr.Dropdown(), _message(str(error), "error"), *[gr.skip()] * 6)
         self.studio.remember_linked(folder)
@@ -196,7 +197,7 @@ class DatasetTab:
             return self._view(folder, buckets)
         try:
             changes = {str(row["file"]): str(row["caption"]) for _, row in table.iterrows()}
-            count = write_captions(Path(folder), changes)
+            count = write_captions(self.studio.confinement.path(folder, "Dataset"), changes)
         except UserError as error:
             return self._view(folder, buckets, _error=str(error))
         return self._view(folder, buckets, f"Saved {count} caption{'s' * (count != 1)}.")
@@ -217,7 +218,7 @@ class DatasetTab:
         if not folder:
             return self._view(folder, buckets)
         try:
-            count = bulk_edit(Path(folder), make_edit())
+            count = bulk_edit(self.studio.confinement.path(folder, "Dataset"), make_edit())
         except UserError as error:
             return self._view(folder, buckets, _error=str(error))
         return self._view(folder, buckets, f"{done} in {count} captions.")
@@ -241,6 +242,10 @@ class DatasetTab:
                 [],
                 gr.skip(),
             )
+        try:
+            self.studio.confinement.path(folder, "Dataset")
+        except UserError as error:
+            return (_message(str(error), "error"), "", empty_chart, [], [], [], gr.skip())
         try:
             config = make_config({"data_root": folder, "video_resolution_buckets": buckets.split()})
             report = build_report(config)

@@ -16,6 +16,7 @@ import gradio as gr
 from pydantic import ValidationError
 
 from core.config import describe_validation_error
+from core.errors import UserError
 from ui.studio import Studio
 
 if TYPE_CHECKING:
@@ -129,6 +130,11 @@ class PreviewTab:
         from jobs.previews import request_preview
 
         job = self.studio.runner.store.get(run_id) if run_id else None
+        try:  # a local folder must be one the app may use; a Hub id is left as it is
+            base = self.studio.confinement.model(base or "", "Base model")
+            lora = self.studio.confinement.model(lora or "", "LoRA")
+        except UserError as error:
+            return None, _message(str(error), "error")
         loras = []
         if lora and lora.strip():
             loras = [LoraChoice(path=lora.strip(), scale=scale)]

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.confine import Confinement, is_dataset_folder
 from jobs.events import RunFollower
 from jobs.runner import Runner
 from jobs.store import Job
@@ -71,9 +72,7 @@ class Studio:
     # ---- datasets --------------------------------------------------------------------------
 
     def datasets(self) -> list[Path]:
-        found = sorted(
-            p for p in self.datasets_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
+        found = sorted(p for p in self.datasets_dir.iterdir() if is_dataset_folder(p))
         linked = self.workspace / "linked-datasets.json"
         if linked.is_file():
             found += [Path(p) for p in json.loads(linked.read_text()) if Path(p).is_dir()]
@@ -91,6 +90,11 @@ class Studio:
     @property
     def allowed_roots(self) -> list[Path]:
         return [self.workspace, *self.data_dirs]
+
+    @property
+    def confinement(self) -> Confinement:
+        """What every server path the page takes must pass (jobs/confine.py)."""
+        return Confinement(self.allowed_roots, self.datasets_dir)
 
     # ---- presets ---------------------------------------------------------------------------
 

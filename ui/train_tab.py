@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 import sys
@@ -23,8 +24,8 @@ from jobs.launch_choice import (
     model_kind,
     recommend,
 )
+from jobs.runner import JobError
 from jobs.spec import JobSpec, make_spec
-from jobs.store import ACTIVE
 from ui.form import TrainForm, field_of_error, label
 from ui.studio import Studio
 
@@ -38,8 +39,9 @@ LAUNCH_LABELS = {
 }
 
 
-def _message(text: str, kind: str = "info") -> str:
-    return f'<div class="studio-{kind}">{text}</div>' if text else ""
+def _message(text: str, kind: str = "info", lead: str = "") -> str:
+    """`text` (escaped: it may hold names and paths a user typed) after `lead` markup."""
+    return f'<div class="studio-{kind}">{lead}{html.escape(text)}</div>' if text else ""
 
 
 class TrainTab:
@@ -355,7 +357,7 @@ class TrainTab:
             where = f"<b>{LAUNCH_LABELS[field]}</b>: "
         else:
             where = ""
-        return _message(f"{where}{error}", "error")
+        return _message(str(error), "error", lead=where)
 
     def _split_launch(self, values: tuple) -> tuple[tuple, tuple]:
         """Handler inputs after the name and GPUs: the launch widgets' values, then the form's."""
@@ -441,17 +443,19 @@ class TrainTab:
         except UserError as error:
             return self._error(error), None
         # A second press (or a second tab) must not start the same run while it is on.
-        waiting_or_running = self.studio.runner.store.list(("queued", *ACTIVE))
-        mine = self.studio.runner.resolve_paths(spec).train.model_copy(update={"output_dir": ""})
-        for job in waiting_or_running:
-            if job.kind != "train" or job.name != spec.name:
-                continue
-            earlier = self.studio.runner.spec(job).train.model_copy(update={"output_dir": ""})
-            if earlier == mine:
-                return _message(
-                    f"This run is already {job.status} ({job.id}); it is not started twice.",
-                    "error",
-                ), None
-        job = self.studio.runner.submit(spec)
+        earlier = self.studio.runner.find_duplicate(spec)
+        if earlier is not None:
+            return _message(
+                f"This run is already {earlier.status} ({earlier.id}); it is not started twice.",
+                "error",
+            ), None
+        try:  # the page reaches only the workspace and the --data-dir folders
+            self.studio.confinement.train_settings(spec.train)
+        except UserError as error:
+            return self._error(error), None
+        try:
+            job = self.studio.runner.submit(spec)
+        except JobError as error:  # the job store cannot be written (a full disk)
+            return _message(str(error), "error"), None
         note = "queued until its GPUs are free" if job.status == "queued" else "started"
         return _message(f"Run {job.name} {note}."), job
