@@ -160,17 +160,18 @@ class Trainer:
             )
             return 0
         except StopRequested:
-            return self._stop()
+            try:
+                return self._stop()
+            except Exception as error:  # its checkpoint could not be written (a full disk)
+                traceback.print_exc()
+                return self._fail(self._crash_message(error))
         except UserError as error:
             return self._fail(str(error), user_error=True)
         except KeyboardInterrupt:
             return self._fail("interrupted before the run could save a checkpoint")
         except Exception as error:  # the one place every other failure is reported and exits 1
             traceback.print_exc()
-            message = full_disk_failure(
-                error, self.config.output_dir, self.config.cache_path
-            ) or self._describe_crash(error)
-            return self._fail(message)
+            return self._fail(self._crash_message(error))
         finally:
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
@@ -1128,6 +1129,12 @@ class Trainer:
         )
         print(f"error: {message}", file=sys.stderr, flush=True)
         return exit_code
+
+    def _crash_message(self, error: Exception) -> str:
+        config = self.config
+        return full_disk_failure(error, config.output_dir, config.cache_path) or (
+            self._describe_crash(error)
+        )
 
     @staticmethod
     def _describe_crash(error: Exception) -> str:

@@ -73,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.runner import JobError, Runner, log_tail
     from jobs.spec import JobSpec, describe_spec_error
 
-    runner = Runner(args.workspace, on_warning=_warn)
+    try:
+        runner = Runner(args.workspace, on_warning=_warn)
+    except OSError as error:
+        print(f"error: --workspace: {args.workspace} cannot be used ({error})", file=sys.stderr)
+        return EXIT_USER_ERROR
     runner.poll()
     try:
         if args.command == "list":

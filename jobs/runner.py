@@ -211,7 +211,18 @@ class Runner:
         started = []
         for job in queue.startable(queued, active):
             if self.store.transition(job.id, ("queued",), status="starting"):
-                started.append(self._launch(self.store.get(job.id)))
+                try:
+                    started.append(self._launch(self.store.get(job.id)))
+                except OSError as error:  # its log or folder cannot be written
+                    if error.errno not in FULL_ERRNOS:
+                        raise
+                    self.store.transition(
+                        job.id,
+                        ("starting",),
+                        status="failed",
+                        ended=time.time(),
+                        reason=full_disk_sentence(job.job_dir),
+                    )
         return started
 
     def _launch(self, job: Job) -> Job:

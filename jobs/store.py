@@ -145,9 +145,10 @@ def _is_damage(error: sqlite3.DatabaseError) -> bool:
 
 
 def _is_disk_trouble(error: sqlite3.DatabaseError, workspace: Path) -> bool:
-    """SQLITE_FULL, or an I/O error on a disk that has (nearly) no space left."""
+    """SQLITE_FULL, or an I/O error (or a file it cannot create) on a disk with no space left."""
     code = getattr(error, "sqlite_errorcode", 0) & 0xFF
-    return code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and nearly_full(workspace))
+    io_trouble = code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN)
+    return code == sqlite3.SQLITE_FULL or (io_trouble and nearly_full(workspace))
 
 
 class JobStore:

@@ -270,10 +270,12 @@ def test_a_bad_spec_is_one_sentence_naming_what_to_fix(tmp_path, capsys, text, s
         (["show", "nope"], "there is no job nope in"),
         (["stop", "nope"], "there is no job nope in"),
         (["resume", "nope"], "there is no job nope in"),
+        (["--workspace", "spec.json", "list"], "--workspace: spec.json cannot be used"),
     ],
 )
 def test_bad_jobs_commands_are_one_sentence(tmp_path, capsys, monkeypatch, command, sentence):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "spec.json").write_text("{}")  # a file where a workspace folder is expected
     assert jobs_main(["--workspace", str(tmp_path / "ws"), *command]) == 2
     error = capsys.readouterr().err
     assert error.startswith(f"error: {sentence}") and error.count("\n") == 1, error
