@@ -25,6 +25,9 @@ METADATA_FILES = ("metadata.csv", "metadata.jsonl")
 FILE_COLUMNS = ("file_name", "filename", "file", "video", "path", "image", "media")
 CAPTION_COLUMNS = ("caption", "text", "prompt", "description")
 _IGNORED_DIRS = {"__MACOSX", ".cache", ".git"}
+# Records the preparation commands keep beside the clips (core/data/split.py): not media, not
+# captions, and not worth a "skipped" line in the report.
+_SIDECAR_FILES = {"split.json"}
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ def _pairs(root: Path, reserved: set[str]) -> Discovery:
         relative = path.relative_to(root)
         if any(part.startswith(".") or part in _IGNORED_DIRS for part in relative.parts):
             continue
-        if path.is_dir():
+        if path.is_dir() or str(relative) in _SIDECAR_FILES:
             continue
         if path.is_symlink() and not path.resolve().is_relative_to(resolved_root):
             found.skipped.append(Skipped(path, "a link that points outside the dataset folder"))
