@@ -45,11 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     report.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_split(commands)
+    _add_caption(commands)
     args = parser.parse_args(argv)
     if args.command == "split":
         from core.data.split import run_split
 
         return run_split(args)
+    if args.command == "caption":
+        from core.data.autocaption import run_caption
+
+        return run_caption(args)
 
     from core.data.report import build_report, format_report
 
@@ -116,6 +121,41 @@ def _add_split(commands) -> None:
         help="at most this many clips a scene (default: all that fit, spread over the scene)",
     )
     split.add_argument("--events", help="append progress events to this events.jsonl")
+
+
+def _add_caption(commands) -> None:
+    from core.data.autocaption import DEFAULT_FRAMES
+
+    caption = commands.add_parser(
+        "caption",
+        help="caption clips with a vision-language model",
+        description="Clips without a caption get one; see core/data/autocaption.py.",
+    )
+    caption.add_argument("folder", metavar="FOLDER", help="the dataset folder")
+    caption.add_argument(
+        "--model",
+        default=None,
+        help="a Qwen2-VL, Qwen2.5-VL or Qwen3-VL folder or Hub id "
+        "(default: Qwen/Qwen3-VL-8B-Instruct)",
+    )
+    caption.add_argument("--prompt", default=None, help="what to ask the model for each clip")
+    caption.add_argument("--prefix", default="", help="a trigger word put before every caption")
+    caption.add_argument(
+        "--frames", type=int, default=DEFAULT_FRAMES, help="frames shown per clip (default 8)"
+    )
+    caption.add_argument(
+        "--overwrite", action="store_true", help="also replace captions the model wrote before"
+    )
+    caption.add_argument(
+        "--overwrite-person",
+        action="store_true",
+        help="also replace captions a person wrote or edited (they are kept otherwise)",
+    )
+    caption.add_argument("--batch-size", type=int, default=1, help="clips per model call")
+    caption.add_argument(
+        "--max-new-tokens", type=int, default=200, help="longest caption in tokens (default 200)"
+    )
+    caption.add_argument("--events", help="append progress events to this events.jsonl")
 
 
 def _split_doc() -> str:

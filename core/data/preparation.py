@@ -64,6 +64,7 @@ class Reporter:
             self.writer = EventWriter(Path(events).parent, filename=Path(events).name)
         self._started = time.monotonic()
         self._first_done: int | None = None
+        self._phase: str | None = None
         self._last_scan = 0.0
 
     def emit(self, event) -> None:
@@ -71,13 +72,14 @@ class Reporter:
             self.writer.emit(event)
 
     def progress(self, phase: str, done: int, total: int, throttle: bool = False) -> None:
-        """done of total; the rate counts this attempt's items only (a resumed run's ETA)."""
+        """done of total; the rate counts this phase's items of this attempt only (so a resumed
+        run's ETA is its own, and loading a model does not count against the clips)."""
         now = time.monotonic()
         if throttle and now - self._last_scan < 1.0 and done < total:
             return
         self._last_scan = now
-        if self._first_done is None or done < self._first_done:
-            self._first_done, self._started = done, now
+        if self._first_done is None or done < self._first_done or phase != self._phase:
+            self._first_done, self._started, self._phase = done, now, phase
         elapsed = now - self._started
         per_minute = eta = None
         if done > self._first_done and elapsed > 0:
@@ -91,10 +93,6 @@ class Reporter:
         if not throttle:
             rate = f", {per_minute:.1f}/min" if per_minute else ""
             print(f"{phase}: {done}/{total}{rate}", flush=True)
-
-    def restart_rate(self) -> None:
-        """A new phase: its rate starts from its own first item."""
-        self._first_done = None
 
     def item(self, file: str, status: str, reason: str | None = None) -> None:
         self.emit(ItemEvent(job=self.job, file=file, status=status, reason=reason))
