@@ -15,6 +15,7 @@ import gc
 import os
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -169,7 +170,7 @@ def _processor_chat_template(model: str) -> str:
     for name in ("chat_template.jinja", "chat_template.json"):
         path = cached_file(model, name, _raise_exceptions_for_missing_entries=False)
         if path:
-            text = open(path, encoding="utf-8").read()
+            text = Path(path).read_text(encoding="utf-8")
             return json.loads(text)["chat_template"] if name.endswith(".json") else text
     raise UserError(f"--model: {model} has no chat template")
 

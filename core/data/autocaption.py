@@ -1,14 +1,14 @@
-"""`python -m core.data caption`: captions for a dataset's clips, written by a vision-language model.
+"""`python -m core.data caption`: a dataset's clips captioned by a vision-language model.
 
     python -m core.data caption FOLDER [--model ID] [--prompt TEXT] [--prefix TRIGGER]
         [--frames N] [--overwrite] [--overwrite-person] [--batch-size B] [--max-new-tokens T]
 
 Clips without a caption get one. `--overwrite` also replaces the captions the model wrote; a
 caption a person wrote, or edited after the model wrote it (core/data/caption_origin.py keeps
-what the model wrote, so an edit is known), is replaced only with `--overwrite-person`. Each caption is written
-atomically beside its clip (`name.txt`), or into the layout's caption file. An unreadable clip
-is skipped with its reason. A stopped run continues when the same command runs again: clips
-already captioned with the same settings are not captioned twice.
+what the model wrote, so an edit is known), is replaced only with `--overwrite-person`.
+Each caption is written atomically beside its clip (`name.txt`), or into the layout's caption
+file. An unreadable clip is skipped with its reason. A stopped run continues when the same
+command runs again: clips already captioned with the same settings are not captioned twice.
 """
 
 from __future__ import annotations
