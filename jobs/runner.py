@@ -32,7 +32,7 @@ from jobs.checks import output_folder
 from jobs.diagnose import diagnose
 from jobs.events import EventTail
 from jobs.previews import worker_is_idle
-from jobs.spec import SPEC_FILE, JobSpec
+from jobs.spec import PREPARATION_KINDS, SPEC_FILE, JobSpec
 from jobs.store import ACTIVE, FINISHED, Job, JobStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -226,6 +226,10 @@ class Runner:
         steps = [e for e in events if e.kind == "step"]
         if steps:
             changes.update(last_step=steps[-1].step, total_steps=steps[-1].total_steps)
+        elif job.kind in PREPARATION_KINDS:  # clips done of clips to do
+            progress = [e for e in events if e.kind == "progress"]
+            if progress:
+                changes.update(last_step=progress[-1].done, total_steps=progress[-1].total)
         self.store.update(job.id, **changes)
         exit_code = self._exit_code(job)
         if exit_code is None and self._alive(job):
