@@ -69,12 +69,25 @@ class StageEvent(_Event):
 
 
 class ProgressEvent(_Event):
-    """Progress of a phase before training (loading, encoding): done of total."""
+    """Progress of a phase before training (loading, encoding), or of a dataset-preparation
+    job (splitting, captioning): done of total."""
 
     kind: Literal["progress"] = "progress"
     phase: str
     done: int
     total: int
+    per_minute: float | None = None  # items a minute so far (dataset preparation)
+    eta_seconds: float | None = None
+
+
+class ItemEvent(_Event):
+    """One file a dataset-preparation job wrote, or left out with the reason."""
+
+    kind: Literal["item"] = "item"
+    job: Literal["split", "caption"]
+    file: str  # a clip, relative to the dataset folder (or a source, for a split's drops)
+    status: Literal["written", "skipped", "dropped"]
+    reason: str | None = None
 
 
 class StepEvent(_Event):
@@ -155,6 +168,7 @@ Event = Annotated[
     | DatasetEvent
     | StageEvent
     | ProgressEvent
+    | ItemEvent
     | StepEvent
     | ValidationEvent
     | CheckpointEvent

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from core.errors import EXIT_USER_ERROR
+from core.errors import EXIT_USER_ERROR, UserError
 
 STATUS_WIDTH = 11
 
@@ -70,6 +70,7 @@ def _warn(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from jobs.checks import check_before_queue
     from jobs.runner import JobError, Runner, log_tail
     from jobs.spec import JobSpec, describe_spec_error
 
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"the same run is already {earlier.status} as {earlier.id}; it is not "
                     "started twice (pass --again to start another)"
                 )
+            check_before_queue(spec, runner)  # refused before a job exists if it cannot run
             print(runner.submit(spec).id)
         elif args.command == "stop":
             job = runner.stop(args.id)
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "tick":
             time.sleep(0.2)  # let the finished job's wrapper exit first
             runner.poll()
-    except JobError as error:
+    except (JobError, UserError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     finally:

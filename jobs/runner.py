@@ -32,9 +32,11 @@ from core.diskspace import FULL_ERRNOS, full_disk_sentence, nearly_full
 from core.events import EVENTS_FILE, FINAL_KINDS, EventWriter, StoppedEvent
 from core.files import write_text_atomic
 from jobs import queue
+from jobs.checks import output_folder
 from jobs.diagnose import diagnose
 from jobs.events import EventTail
-from jobs.spec import SPEC_FILE, JobSpec
+from jobs.previews import worker_is_idle
+from jobs.spec import PREPARATION_KINDS, SPEC_FILE, JobSpec
 from jobs.store import ACTIVE, FINISHED, Job, JobStore, StoreUnwritable
 
 logger = logging.getLogger("jobs.runner")
@@ -136,20 +138,29 @@ class Runner:
         `env` adds environment variables for this job's process only (a Hub token for a push):
         they are never written to the spec, the store or a log.
         """
+        output = output_folder(spec, self.store.runs_dir)  # a folder the spec names, or None
+        if output is not None:
+            output.mkdir(parents=True, exist_ok=True)
         if spec.kind == "train":
             spec = self.resolve_paths(spec)
         with self._changing():
             job = self.store.add(spec.name, spec.kind, spec.gpu_ids, exclusive=spec.exclusive)
             job_dir = Path(job.job_dir)
             try:
+                if output is not None:  # the job folder points to it: readers find the run there
+                    job_dir.parent.mkdir(parents=True, exist_ok=True)
+                    job_dir.symlink_to(output, target_is_directory=True)
                 job_dir.mkdir(parents=True, exist_ok=True)
                 if spec.kind == "train":
-                    train = spec.train.model_copy(update={"output_dir": str(job_dir)})
+                    train = spec.train.model_copy(update={"output_dir": str(output or job_dir)})
                     spec = spec.model_copy(update={"train": train})
                 write_text_atomic(job_dir / SPEC_FILE, spec.model_dump_json(indent=2))
             except OSError:
                 self.store.delete(job.id)  # no half-made job: neither a row nor a folder
-                shutil.rmtree(job_dir, ignore_errors=True)
+                if job_dir.is_symlink():
+                    job_dir.unlink()
+                else:
+                    shutil.rmtree(job_dir, ignore_errors=True)
                 raise
         if env:
             self._private_env[job.id] = dict(env)
@@ -208,8 +219,15 @@ class Runner:
         if not queued:
             return []
         active = self.store.list(ACTIVE)
+        plan = queue.plan(queued, active, idle=worker_is_idle)
+        for worker in plan.step_aside:  # an idle preview worker gives its GPUs to the queue
+            self.stop(worker.id)
+        for job in queued:  # what each job waits for, shown by the page and `jobs show`
+            reason = plan.reasons.get(job.id)
+            if reason and reason != job.reason:
+                self.store.transition(job.id, ("queued",), reason=reason)
         started = []
-        for job in queue.startable(queued, active):
+        for job in plan.ready:
             if self.store.transition(job.id, ("queued",), status="starting"):
                 try:
                     started.append(self._launch(self.store.get(job.id)))
@@ -308,6 +326,10 @@ class Runner:
         steps = [e for e in events if e.kind == "step"]
         if steps:
             changes.update(last_step=steps[-1].step, total_steps=steps[-1].total_steps)
+        elif job.kind in PREPARATION_KINDS:  # clips done of clips to do
+            progress = [e for e in events if e.kind == "progress"]
+            if progress:
+                changes.update(last_step=progress[-1].done, total_steps=progress[-1].total)
         self.store.update(job.id, **changes)
         exit_code = self._exit_code(job)
         if exit_code is None and self._alive(job):
@@ -339,13 +361,13 @@ class Runner:
         self, job: Job, final, exit_code: int | None
     ) -> tuple[str, str | None, str | None]:
         """(status, reason, suggestion) of an attempt that has ended."""
+        if final is not None and final.kind == "stopped" and final.message:
+            return "stopped", final.message, None  # cancelled before it started, of any kind
         if job.kind != "train":  # preview workers and pushes report through their own events
             return _service_outcome(job, exit_code, self._log_tail(job))
         if final is not None and final.kind == "done":
             return "succeeded", None, None
         if final is not None and final.kind == "stopped":
-            if final.message:
-                return "stopped", final.message, None
             if final.checkpoint:
                 return (
                     "stopped",
@@ -527,14 +549,18 @@ class Runner:
         job = self._require(job_id)
         if job.status not in FINISHED:
             raise JobError(f"job {job.id} is {job.status}; stop it before deleting it")
-        if not confirm:
-            raise JobError(
-                f"deleting job {job.id} removes {job.job_dir} and everything in it; "
-                "confirm to go ahead"
-            )
         job_dir = Path(job.job_dir)
+        if not confirm:
+            what = (
+                f"its record; the run's files in {job_dir.resolve()} stay"
+                if job_dir.is_symlink()
+                else f"{job.job_dir} and everything in it"
+            )
+            raise JobError(f"deleting job {job.id} removes {what}; confirm to go ahead")
         with self._changing():
-            if job_dir.is_dir() and job_dir.is_relative_to(self.store.runs_dir):
+            if job_dir.is_symlink():  # an output_dir the spec named is the user's: the link goes
+                job_dir.unlink()
+            elif job_dir.is_dir() and job_dir.is_relative_to(self.store.runs_dir):
                 shutil.rmtree(job_dir)
             self.store.delete(job.id)
 

@@ -64,6 +64,14 @@ def runner(tmp_path):
         runner._signal_group(job, signal.SIGKILL)
 
 
+@pytest.fixture(scope="session")
+def tiny_captioner(tmp_path_factory) -> Path:
+    """A tiny random Qwen3-VL in the Hub repo's layout (core/tiny_captioner.py)."""
+    from core.tiny_captioner import build_tiny_captioner
+
+    return build_tiny_captioner(tmp_path_factory.mktemp("tiny-captioner"))
+
+
 @pytest.fixture
 def busy_cpu():
     """Call with a runner: a running job then holds its CPU (tests/job_folders.py)."""

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import gradio as gr
+import pandas as pd
 import pytest
 
 from app import exposure_warnings
@@ -32,10 +33,14 @@ def page(tmp_path_factory):
     from ui.train_tab import TrainTab
 
     studio = Studio(tmp_path_factory.mktemp("workspace"))
-    train = TrainTab(studio)
+    train, dataset = TrainTab(studio), DatasetTab(studio)
     with gr.Blocks():
         train.render()
-    return studio, DatasetTab(studio), train, PreviewTab(studio)
+        widgets = train.form.widgets
+        dataset.render(
+            widgets["video_resolution_buckets"], widgets["data_root"], widgets["id_token"]
+        )
+    return studio, dataset, train, PreviewTab(studio)
 
 
 def contents(folder: Path) -> list[str]:
@@ -146,9 +151,10 @@ def test_a_link_under_the_datasets_folder_is_not_listed_or_followed(page, outsid
     try:
         listed = [path for _, path in dataset_tab.choices()]
         assert str(link) not in listed and str(alias) not in listed
+        table = pd.DataFrame({"file": ["a.mp4"], "caption": ["TRIGGER a private caption"]})
         for folder in (link, alias):
-            outputs = dataset_tab.bulk_trigger(str(folder), "TRIGGER", "9x32x32")
-            assert error_text(outputs[0]) == (
+            outputs = dataset_tab.save_captions(str(folder), table, "9x32x32")
+            assert error_text(outputs[-1]) == (
                 f"Dataset: {folder} is a link; the app does not follow links in "
                 f"{studio.datasets_dir} (upload the data, or use --data-dir for a server folder)"
             )
@@ -177,8 +183,8 @@ def test_the_train_tab_takes_no_data_root_or_model_outside_the_workspace(page, o
             ),
         ]:
             values = train_tab.form.values_of(settings)
-            message, job = train_tab.start_job("run", [], *launch, *values)
-            assert job is None
+            message, job, refusal = train_tab.start_job("run", [], *launch, *values)
+            assert job is None and refusal.field == setting.removeprefix("--")
             assert f"{setting}: {shown} is outside the folders this app may use" in (
                 html.unescape(message)
             )
@@ -197,7 +203,7 @@ def test_preview_takes_no_lora_or_base_model_outside_the_workspace(page, outside
         (str(outside), "THUDM/CogVideoX-5b", "LoRA"),
         ("", str(outside), "Base model"),
     ]:
-        ticket, message = preview_tab.start(
+        ticket, message, *_ = preview_tab.start(
             None, lora, base, "a square", 0.75, 9, 32, 32, 2, 0, True, False, []
         )
         assert ticket is None

@@ -18,7 +18,6 @@ from jobs.__main__ import main as jobs_main
 from jobs.events import EventTail
 from jobs.runner import JobError, Runner
 from jobs.spec import JobSpec
-from tests.job_folders import TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 LONG = 100_000  # steps of a run that only ends when a test ends it
@@ -252,13 +251,15 @@ def test_a_recycled_pid_is_not_taken_for_the_job(runner, tiny_models, reference_
     assert job.status == "interrupted" and "without a final report" in job.reason
 
 
-def test_cli_start_show_list_and_the_same_run_twice(tmp_path, busy_cpu, capsys):
+def test_cli_start_show_list_and_the_same_run_twice(
+    tiny_models, reference_dataset, tmp_path, busy_cpu, capsys
+):
     """`start` queues (the CPU is busy), `show` and `list` read the record, the same run is not
     started twice unless asked, a second stop is one sentence, and so is a bad spec."""
     workspace = str(tmp_path / "workspace")
     busy_cpu(Runner(workspace))
     spec_path = tmp_path / "spec.json"
-    spec_path.write_text(JobSpec(name="cli", train=TRAIN).model_dump_json())
+    spec_path.write_text(make_spec(tiny_models, reference_dataset, "cli").model_dump_json())
     start = ["--workspace", workspace, "start", str(spec_path)]
     assert jobs_main(start) == 0
     job_id = capsys.readouterr().out.strip()
