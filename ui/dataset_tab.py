@@ -14,6 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from core.errors import UserError
+from ui.dataset_prep import DatasetPreparation, caption_rows
 from ui.studio import Studio
 
 DEMO_CLIPS = [
@@ -64,6 +65,8 @@ class DatasetTab:
                     )
                     self.use_server = gr.Button("Use folder", scale=1)
                     self.demo = gr.Button("Generate demo clips", scale=1, elem_id="demo-clips")
+                self.prep = DatasetPreparation(self.studio, self)
+                self.prep.render()
             with gr.Column(scale=1):
                 self.choice = gr.Dropdown(
                     label="Dataset",
@@ -90,11 +93,12 @@ class DatasetTab:
         )
         self.gallery = gr.Gallery(label="Clips", columns=6, height=220, elem_id="clip-gallery")
         self.captions = gr.Dataframe(
-            headers=["file", "caption"],
+            headers=["file", "caption", "written by"],
             label="Captions (edit, then save)",
             interactive=True,
+            static_columns=[0, 2],
             elem_id="caption-table",
-            column_widths=["30%", "70%"],
+            column_widths=["25%", "63%", "12%"],
         )
         with gr.Row():
             self.save = gr.Button("Save captions", variant="primary", elem_id="save-captions")
@@ -113,6 +117,8 @@ class DatasetTab:
             self.captions,
             data_root_widget,
         ]
+        self.view = view
+        self.prep.wire()
         private = {"api_visibility": "private"}
         for upload in (self.folder, self.zip, self.files):
             # The upload box empties itself afterwards, ready for the next one.
@@ -274,6 +280,6 @@ class DatasetTab:
             thumb = thumbnail(root / row.file, root)
             if thumb:
                 gallery.append((str(thumb), f"{row.file}: {row.caption[:80]}"))
-        captions = [[name, text] for name, text in read_captions(root).items()]
+        captions = caption_rows(root, read_captions(root))
         message = _message(_error, "error") if _error else _message(note) if note else ""
         return message, summary, chart, skipped, gallery, captions, folder

@@ -16,6 +16,7 @@ import pandas as pd
 from core.models.source import DOWNLOAD_PHASE
 from jobs.gpus import list_gpus
 from jobs.runner import JobError, log_tail
+from jobs.spec import PREPARATION_KINDS
 from jobs.store import Job
 from ui.studio import Studio
 
@@ -144,7 +145,7 @@ class RunsTab:
             )
             rows.append([job.name, job.kind, job.status, progress, eta, started])
         table = pd.DataFrame(rows, columns=["run", "kind", "status", "progress", "ETA", "started"])
-        train_jobs = [job for job in jobs if job.kind == "train"]
+        train_jobs = [job for job in jobs if job.kind in ("train", *PREPARATION_KINDS)]
         if job_id is None or all(job.id != job_id for job in train_jobs):
             job_id = train_jobs[0].id if train_jobs else None
         choices = [(_job_label(job), job.id) for job in train_jobs]
@@ -165,6 +166,8 @@ class RunsTab:
     def _run_view(self, job: Job):
         summary = self.studio.follower(job).summary
         colour = STATUS_COLOURS.get(job.status, "#6e7781")
+        if job.kind in PREPARATION_KINDS:  # clips done of clips to do, from the store
+            summary.step, summary.total_steps = job.last_step, job.total_steps
         progress = 0.0
         if summary.total_steps:
             progress = min(1.0, summary.step / summary.total_steps)
