@@ -112,9 +112,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workspace = Path(args.workspace).expanduser().resolve()
     workspace.mkdir(parents=True, exist_ok=True)
+    from core.hub import hub_offline
+
+    if hub_offline():
+        print(
+            "note: HF_HUB_OFFLINE is set: base models named by a Hub id cannot download and "
+            "pushes to the Hub fail; start the app without it to go online",
+            file=sys.stderr,
+        )
 
     prepare_gradio()
-    from ui.page import build_page, css
+    from ui.page import build_page, css, head
     from ui.studio import Studio
 
     data_dirs = [Path(d).expanduser().resolve() for d in args.data_dir]
@@ -127,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         share=args.share,
         allowed_paths=[str(workspace), *map(str, data_dirs)],
         css=css(),
+        head=head(),
         footer_links=["gradio", "settings"],
     )
     return 0

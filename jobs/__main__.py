@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from core.config import describe_validation_error
-from core.errors import EXIT_USER_ERROR
+from core.errors import EXIT_USER_ERROR, UserError
 
 STATUS_WIDTH = 11
 
@@ -62,6 +62,7 @@ def _line(job) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from jobs.checks import check_before_queue
     from jobs.runner import JobError, Runner, log_tail
     from jobs.spec import JobSpec
 
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise JobError(f"{path}: {describe_validation_error(error)}") from None
             if args.name:
                 spec = spec.model_copy(update={"name": args.name})
+            check_before_queue(spec, runner)  # refused before a job exists if it cannot run
             print(runner.submit(spec).id)
         elif args.command == "stop":
             job = runner.stop(args.id)
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "tick":
             time.sleep(0.2)  # let the finished job's wrapper exit first
             runner.poll()
-    except JobError as error:
+    except (JobError, UserError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0

@@ -102,6 +102,8 @@ class RunSummary:
     final: str | None = None  # "done" | "failed" | "stopped"
     final_message: str | None = None
     training_configuration: dict | None = None
+    first_started: float | None = None  # the first attempt's start; a resume keeps it
+    attempt_started: float | None = None  # this attempt's start
 
     def fold(self, events: list) -> None:
         for event in events:
@@ -111,6 +113,8 @@ class RunSummary:
 
     def _on_config(self, event) -> None:
         self.training_configuration = event.training_configuration
+        self.first_started = self.first_started or event.time
+        self.attempt_started = event.time
         self.total_steps = event.training_configuration.get("train steps")
         self.final = self.final_message = None  # a new attempt has started
         self.progress = None

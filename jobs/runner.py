@@ -28,8 +28,10 @@ from core.config import make_config
 from core.events import FINAL_KINDS
 from core.files import write_text_atomic
 from jobs import queue
+from jobs.checks import output_folder
 from jobs.diagnose import diagnose
 from jobs.events import EventTail
+from jobs.previews import worker_is_idle
 from jobs.spec import PREPARATION_KINDS, SPEC_FILE, JobSpec
 from jobs.store import ACTIVE, FINISHED, Job, JobStore
 
@@ -82,13 +84,19 @@ class Runner:
         `env` adds environment variables for this job's process only (a Hub token for a push):
         they are never written to the spec, the store or a log.
         """
+        output = output_folder(spec, self.store.runs_dir)  # a folder the spec names, or None
+        if output is not None:
+            output.mkdir(parents=True, exist_ok=True)
         if spec.kind == "train":
             spec = self.resolve_paths(spec)
         job = self.store.add(spec.name, spec.kind, spec.gpu_ids, exclusive=spec.exclusive)
         job_dir = Path(job.job_dir)
+        if output is not None:  # the job folder points to it: every reader finds the run there
+            job_dir.parent.mkdir(parents=True, exist_ok=True)
+            job_dir.symlink_to(output, target_is_directory=True)
         job_dir.mkdir(parents=True, exist_ok=True)
         if spec.kind == "train":
-            train = spec.train.model_copy(update={"output_dir": str(job_dir)})
+            train = spec.train.model_copy(update={"output_dir": str(output or job_dir)})
             spec = spec.model_copy(update={"train": train})
         write_text_atomic(job_dir / SPEC_FILE, spec.model_dump_json(indent=2))
         if env:
@@ -122,8 +130,15 @@ class Runner:
         if not queued:
             return []
         active = self.store.list(ACTIVE)
+        plan = queue.plan(queued, active, idle=worker_is_idle)
+        for worker in plan.step_aside:  # an idle preview worker gives its GPUs to the queue
+            self.stop(worker.id)
+        for job in queued:  # what each job waits for, shown by the page and `jobs show`
+            reason = plan.reasons.get(job.id)
+            if reason and reason != job.reason:
+                self.store.transition(job.id, ("queued",), reason=reason)
         started = []
-        for job in queue.startable(queued, active):
+        for job in plan.ready:
             if self.store.transition(job.id, ("queued",), status="starting"):
                 started.append(self._launch(self.store.get(job.id)))
         return started
@@ -414,13 +429,17 @@ class Runner:
         job = self._require(job_id)
         if job.status not in FINISHED:
             raise JobError(f"job {job.id} is {job.status}; stop it before deleting it")
-        if not confirm:
-            raise JobError(
-                f"deleting job {job.id} removes {job.job_dir} and everything in it; "
-                "confirm to go ahead"
-            )
         job_dir = Path(job.job_dir)
-        if job_dir.is_dir() and job_dir.is_relative_to(self.store.runs_dir):
+        if not confirm:
+            what = (
+                f"its record; the run's files in {job_dir.resolve()} stay"
+                if job_dir.is_symlink()
+                else f"{job.job_dir} and everything in it"
+            )
+            raise JobError(f"deleting job {job.id} removes {what}; confirm to go ahead")
+        if job_dir.is_symlink():  # an output_dir the spec named is the user's: only the link goes
+            job_dir.unlink()
+        elif job_dir.is_dir() and job_dir.is_relative_to(self.store.runs_dir):
             shutil.rmtree(job_dir)
         self.store.delete(job.id)
 
