@@ -173,7 +173,12 @@ class DatasetPreparation:
             source = Path(getattr(upload, "name", upload))
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / Path(source.name).name
-            shutil.copyfile(source, target)
+            same = target.is_file() and (
+                (target.stat().st_size, target.stat().st_mtime)
+                == (source.stat().st_size, source.stat().st_mtime)
+            )
+            if not same:  # a second press on the same upload reuses the copy a split may read
+                shutil.copy2(source, target)
             videos.append(target)
         roots = [root.resolve() for root in self.studio.allowed_roots]
         for line in (server_paths or "").splitlines():
@@ -286,7 +291,16 @@ class DatasetPreparation:
         if job.kind == "split" and finished and job.status == "succeeded":
             return (status, following, timer, *tab._chosen(Path(spec.split.out), buckets))
         if job.kind == "caption" and folder == spec.caption.folder:
-            return (status, following, timer, gr.skip(), *tab._view(folder, buckets))
+            if finished:  # the whole report once: samples, skipped files, captions
+                return (status, following, timer, gr.skip(), *tab._view(folder, buckets))
+            # While it runs, only the caption table: the report probes every clip.
+            from core.data.captions import read_captions
+
+            view = [gr.skip()] * len(tab.view)
+            view[tab.view.index(tab.captions)] = caption_rows(
+                Path(folder), read_captions(Path(folder))
+            )
+            return (status, following, timer, gr.skip(), *view)
         return (status, following, timer, *unchanged)
 
     @staticmethod

@@ -88,9 +88,7 @@ def test_from_a_folder_of_clips_to_a_published_lora(workspace, tmp_path, page, h
         write_long_video(video, height=32, width=48)
         page.get_by_text("Split long videos into scene clips").click()
         page.locator("#upload-long-videos input[type=file]").set_input_files(video)
-        page.locator("#upload-long-videos").get_by_text("summer holiday.mp4").wait_for(
-            timeout=120_000
-        )
+        page.locator('#upload-long-videos [aria-label="summer holiday.mp4"]').wait_for()
         fill_field(page, "#split-frames input", "9")
         fill_field(page, "#split-max-clips input", "1")  # one clip a scene: 6 clips
         page.locator("#split").click()
