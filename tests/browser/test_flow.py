@@ -1,8 +1,10 @@
 """A new user's whole path through the app, in a real browser, on the CPU demo preset.
 
-Upload a folder of clips, read the report, fix a caption, pick the CPU demo preset, train, watch
-the loss plot grow, survive a refresh and an app restart, see the validation video, preview the
-LoRA beside the base, and publish to a Hub test server on loopback. The web process must never
+Upload a folder of clips and read the report; then upload one long video, split it into scene
+clips and caption them automatically (the tiny captioner), fix a caption, pick the CPU demo
+preset, train on the clips, watch the loss plot grow, survive a refresh and an app restart, see
+the validation video, preview the LoRA beside the base, and publish to a Hub test server on
+loopback. The web process must never
 have loaded torch along the way.
 """
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from core.data.synthetic import write_clip
+from core.data.synthetic import write_clip, write_long_video
 from jobs.runner import Runner
 from jobs.store import ACTIVE
 from tests.browser.conftest import AppProcess, fill_field
@@ -80,15 +82,43 @@ def test_from_a_folder_of_clips_to_a_published_lora(workspace, tmp_path, page, h
         )
         page.locator("#dataset-summary").get_by_text("4 samples will be trained on").wait_for()
         shots("report")
-        # 2. Edit one caption in place and save it.
+        # 2. One long video instead: split it into scene clips, which open as the dataset, and
+        # caption them automatically; each caption shows as the model's until a person edits it.
+        video = tmp_path / "summer holiday.mp4"
+        write_long_video(video, height=32, width=48)
+        page.get_by_text("Split long videos into scene clips").click()
+        page.locator("#upload-long-videos input[type=file]").set_input_files(video)
+        page.locator('#upload-long-videos [aria-label="summer holiday.mp4"]').wait_for()
+        fill_field(page, "#split-frames input", "9")
+        fill_field(page, "#split-max-clips input", "1")  # one clip a scene: 6 clips
+        page.locator("#split").click()
+        split = re.compile(r"Splitting summer holiday clips: done, 6 clips")
+        page.locator("#prep-status").get_by_text(split).wait_for(timeout=120_000)
+        dataset = workspace / "datasets" / "summer holiday clips"
+        assert len(list(dataset.glob("*.mp4"))) == 6
+        page.get_by_text("Caption automatically").first.click()
+        page.locator("#caption-model input").click()
+        page.get_by_role("option", name="tiny test captioner").click()
+        page.locator("#caption-auto").click()
+        captioned = re.compile(r"Captioning summer holiday clips: done, 6 clips")
+        page.locator("#prep-status").get_by_text(captioned).wait_for(timeout=180_000)
+        written_by = [
+            page.locator(f'#caption-table [data-testid="cell-{row}-2"]') for row in range(6)
+        ]
+        wait_until(
+            lambda: [cell.inner_text().strip() for cell in written_by] == ["model"] * 6,
+            what="six captions marked as the model's",
+        )
+        shots("split-and-captioned")
+        # Edit one caption in place and save it: it is the person's now.
         page.locator('#caption-table [data-testid="cell-1-1"]').dblclick()
         page.keyboard.press("Control+a")
         page.keyboard.type("a coloured square, edited")
         page.keyboard.press("Enter")
         page.locator("#save-captions").click()
-        page.get_by_text("Saved 1 caption.").wait_for()
-        dataset = next((workspace / "datasets").iterdir())
-        assert (dataset / "clip 1.txt").read_text().strip() == "a coloured square, edited"
+        written_by[1].get_by_text("person (edited)").wait_for()
+        edited = sorted(dataset.glob("*.txt"))[1]
+        assert edited.read_text().strip() == "a coloured square, edited"
         shots("caption-saved")
         # 3. The CPU demo preset, a longer run, start.
         page.get_by_role("tab", name="2 · Train").click()
@@ -115,7 +145,7 @@ def test_from_a_folder_of_clips_to_a_published_lora(workspace, tmp_path, page, h
         page.locator("#start").click()
         page.locator("#run-header").get_by_text("my-lora").wait_for(timeout=60_000)
         # 4. The loss plot gains points.
-        page.locator("#run-header").get_by_text(f"/{STEPS}").wait_for()  # the steps typed in
+        page.locator("#run-header").get_by_text(f"/{STEPS}").wait_for(timeout=120_000)  # typed
         first = len(wait_until(lambda: plot_steps(page), what="a first point on the loss plot"))
         wait_until(lambda: len(plot_steps(page)) > first, what="more points on the loss plot")
         shots("training")
