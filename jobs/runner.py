@@ -27,6 +27,7 @@ import psutil
 from core.config import make_config
 from core.events import FINAL_KINDS
 from core.files import write_text_atomic
+from core.models.source import is_hub_id
 from jobs import queue
 from jobs.checks import output_folder
 from jobs.diagnose import diagnose
@@ -109,7 +110,10 @@ class Runner:
         train = spec.train
         updates = {
             "data_root": _absolute(train.data_root),
-            "pretrained_model_name_or_path": _absolute(train.pretrained_model_name_or_path),
+            # A Hub id stays one (it names no folder here; the trainer downloads it).
+            "pretrained_model_name_or_path": train.pretrained_model_name_or_path
+            if is_hub_id(train.pretrained_model_name_or_path)
+            else _absolute(train.pretrained_model_name_or_path),
             "cache_dir": _absolute(train.cache_dir) or str(self.workspace / "cache"),
         }
         config = make_config({**train.model_dump(mode="json"), **updates})
