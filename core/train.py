@@ -1168,7 +1168,6 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    tolerate_full_disk_in_std_streams()  # train.log on a full disk must not end the run
     try:
         config = parse_args(argv)
     except UserError as error:
@@ -1178,4 +1177,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    tolerate_full_disk_in_std_streams()  # train.log on a full disk must not end the run
     sys.exit(main())
