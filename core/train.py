@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from core.config import TrainConfig, parse_args
 from core.data.dataset import relative_name
+from core.diskspace import full_disk_failure, tolerate_full_disk_in_std_streams
 from core.errors import EXIT_FAILED, EXIT_USER_ERROR, UserError
 from core.events import (
     STAGE_AFTER_CONDITIONS,
@@ -159,15 +160,18 @@ class Trainer:
             )
             return 0
         except StopRequested:
-            return self._stop()
+            try:
+                return self._stop()
+            except Exception as error:  # its checkpoint could not be written (a full disk)
+                traceback.print_exc()
+                return self._fail(self._crash_message(error))
         except UserError as error:
             return self._fail(str(error), user_error=True)
         except KeyboardInterrupt:
             return self._fail("interrupted before the run could save a checkpoint")
         except Exception as error:  # the one place every other failure is reported and exits 1
             traceback.print_exc()
-            message = self._describe_crash(error)
-            return self._fail(message)
+            return self._fail(self._crash_message(error))
         finally:
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
@@ -1110,17 +1114,27 @@ class Trainer:
             if saved is None or not saved.name.endswith(f"-{step}"):
                 saved = self.save_checkpoint()
             checkpoint = saved.name
-        self.emit(StoppedEvent(step=step, checkpoint=checkpoint))
+        exit_code = 128 + (self.stop_signal or signal.SIGTERM)
+        self.emit(StoppedEvent(step=step, checkpoint=checkpoint, exit_code=exit_code))
         log.warning(
             "Stopped at step %d%s", step, f"; resume from {checkpoint}" if checkpoint else ""
         )
-        return 128 + (self.stop_signal or signal.SIGTERM)
+        return exit_code
 
     def _fail(self, message: str, user_error: bool = False) -> int:
         step = self.state.global_step if hasattr(self, "state") else None
-        self.emit(FailedEvent(message=message, user_error=user_error, step=step))
+        exit_code = EXIT_USER_ERROR if user_error else EXIT_FAILED
+        self.emit(
+            FailedEvent(message=message, user_error=user_error, step=step, exit_code=exit_code)
+        )
         print(f"error: {message}", file=sys.stderr, flush=True)
-        return EXIT_USER_ERROR if user_error else EXIT_FAILED
+        return exit_code
+
+    def _crash_message(self, error: Exception) -> str:
+        config = self.config
+        return full_disk_failure(error, config.output_dir, config.cache_path) or (
+            self._describe_crash(error)
+        )
 
     @staticmethod
     def _describe_crash(error: Exception) -> str:
@@ -1154,6 +1168,7 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tolerate_full_disk_in_std_streams()  # train.log on a full disk must not end the run
     try:
         config = parse_args(argv)
     except UserError as error:

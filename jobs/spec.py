@@ -382,17 +382,38 @@ def make_spec(**fields) -> JobSpec:
 
 
 def describe_spec_error(error: ValidationError) -> str:
-    """The first problem as one sentence; a launch setting is named by its accelerate flag."""
+    """The first problem as one sentence: a trainer or launch setting is named by its flag, any
+    other part of the spec by its key."""
     first = error.errors()[0]
     location = [str(part) for part in first.get("loc", ()) if not isinstance(part, int)]
-    if location[:1] != ["launch"]:
-        return describe_validation_error(error)
+    kind = first.get("type")
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
-    if len(location) == 1:  # the spec's own check of its launch names the flag itself
+    if kind == "json_invalid":
+        return f"not valid JSON ({message.removeprefix('Invalid JSON: ')})"
+    if not location:  # the spec as a whole, or its own checks (which name what to fix)
+        if kind == "model_type":
+            return f"a job spec must be a JSON object with {_keys(JobSpec)}"
         return message
+    section = location[0]
+    if section == "train":
+        return describe_validation_error(error)
+    if kind == "extra_forbidden":
+        if len(location) == 1:
+            return f"{section!r} is not part of a job spec, which holds {_keys(JobSpec)}"
+        if section == "launch":
+            return f"--{location[-1]} is not a launch setting; they are {_keys(LaunchSettings)}"
+        return f"{'.'.join(location)!r} is not a setting of a {section} job"
     value = first.get("input")
     got = f" (got {value!r})" if value is not None and str(value) not in message else ""
-    return f"--{location[-1]}: {message}{got}"
+    if section == "launch" and len(location) > 1:
+        return f"--{location[-1]}: {message}{got}"
+    if section == "launch":  # the spec's own check of its launch names the flag itself
+        return message
+    return f"{'.'.join(location)!r} in the spec: {message}{got}"
+
+
+def _keys(model: type[BaseModel]) -> str:
+    return ", ".join(model.model_fields)
 
 
 def _venv_executable(name: str) -> str:

@@ -208,11 +208,14 @@ class DatasetTab:
         ]
         self.prep.wire()
         private = {"api_visibility": "private"}
+        # Carries the folder upload's paths from the page script (a State never reaches it).
+        self.folder_paths = gr.Textbox(visible=False)
         for upload, js in ((self.folder, FOLDER_PATHS_JS), (self.zip, None), (self.files, None)):
             # The upload box empties itself afterwards, ready for the next one.
+            paths = self.folder_paths if upload is self.folder else gr.State("")
             upload.upload(
                 self.import_upload,
-                [upload, self.name, buckets_widget, gr.State("")],
+                [upload, self.name, buckets_widget, paths],
                 [self.choice, *self.view, upload],
                 js=js,
                 **private,
@@ -243,8 +246,15 @@ class DatasetTab:
             [self.captions, self.caption_message],
             **private,
         )
-        # One trigger word: typing it here sets the run's, and the run's shows here.
-        self.trigger.input(lambda word: word, [self.trigger], [trigger_widget], **private)
+        # One trigger word: typed here it sets the run's once the field is left (not on each
+        # key, which would race the echo below), and the run's always shows here.
+        gr.on(
+            [self.trigger.blur, self.trigger.submit],
+            lambda word: word,
+            [self.trigger],
+            [trigger_widget],
+            **private,
+        )
         trigger_widget.change(lambda word: word, [trigger_widget], [self.trigger], **private)
 
     # ---- handlers --------------------------------------------------------------------------
@@ -295,7 +305,7 @@ class DatasetTab:
         from core.data.importing import link_server_folder
 
         try:
-            folder = link_server_folder(path, self.studio.allowed_roots)
+            folder = link_server_folder(path, self.studio.confinement)
         except UserError as error:
             return (
                 gr.Dropdown(),
@@ -325,7 +335,7 @@ class DatasetTab:
             return (*self._view(folder, buckets), _message("Choose a dataset first.", "error"))
         try:
             changes = {str(row["file"]): str(row["caption"]) for _, row in table.iterrows()}
-            count = write_captions(Path(folder), changes)
+            count = write_captions(self.studio.confinement.path(folder, "Dataset"), changes)
         except UserError as error:
             return (*[gr.skip()] * len(self.view), _message(html.escape(str(error)), "error"))
         done = (
@@ -365,6 +375,11 @@ class DatasetTab:
         no_bucket = gr.Button(visible=False)
         if not folder:
             message = _message(_error or "Choose or import a dataset.")
+            return (message, "", empty_chart, [], [], [], gr.skip(), no_bucket)
+        try:  # the page reaches only the workspace and the --data-dir folders
+            self.studio.confinement.path(folder, "Dataset")
+        except UserError as error:
+            message = _message(html.escape(str(error)), "error")
             return (message, "", empty_chart, [], [], [], gr.skip(), no_bucket)
         shapes = " ".join((buckets or "").split())
         try:

@@ -355,7 +355,7 @@ class RunsTab:
             f'<div class="bar"><div style="width:{progress * 100:.1f}%"></div></div>'
         )
         if job.status == "queued" and job.reason:
-            header += f'<div class="studio-info">{html.escape(job.reason.capitalize())}.</div>'
+            header += f'<div class="studio-info">{html.escape(_sentence(job.reason))}.</div>'
         elif job.reason and job.status in ("failed", "interrupted", "stopped"):
             kind = "error" if job.status != "stopped" else "info"
             header += f'<div class="studio-{kind}">{html.escape(job.reason)}'
@@ -457,3 +457,8 @@ def _phase_text(name: str, done: int, total: int) -> str:
     if name == DOWNLOAD_PHASE:
         return f"{name} {done / 1024**3:.1f}/{total / 1024**3:.1f} GB ({done / max(total, 1):.0%})"
     return f"{name} {done}/{total}"
+
+
+def _sentence(text: str) -> str:
+    """A reason as a sentence: its first letter capitalised, the rest (GPU, names) as it is."""
+    return text[:1].upper() + text[1:]

@@ -82,6 +82,14 @@ def _inside(root: Path, relative: str) -> Path | None:
     return path if path.is_relative_to(root.resolve()) else None
 
 
+def _column_file(root: Path, name: str, flag: str) -> Path:
+    """The reference layout's list file, which may not lead out of the dataset (a link)."""
+    path = _inside(root, name)
+    if path is None:
+        raise UserError(f"{flag}: {name} points outside the dataset folder {root}")
+    return path
+
+
 def _read_lines(path: Path, flag: str) -> list[str]:
     if not path.is_file():
         raise UserError(f"{flag}: {path} does not exist")
@@ -93,8 +101,10 @@ def _read_lines(path: Path, flag: str) -> list[str]:
 
 
 def _reference(root: Path, caption_column: str, video_column: str) -> Discovery:
-    captions = _read_lines(root / caption_column, "--caption_column")
-    videos = _read_lines(root / video_column, "--video_column")
+    captions = _read_lines(
+        _column_file(root, caption_column, "--caption_column"), "--caption_column"
+    )
+    videos = _read_lines(_column_file(root, video_column, "--video_column"), "--video_column")
     if len(captions) != len(videos):
         raise UserError(
             f"--caption_column: {caption_column} has {len(captions)} captions but {video_column} "
