@@ -28,7 +28,7 @@ def test_split_controls_start_a_job_and_open_its_clips(tmp_path):
     outside = tmp_path / "elsewhere.mp4"
     outside.write_bytes(b"")
     status, *_ = prep.start_split(None, str(outside), "", "5b", 9, 0, "", "center", 1.0, 1)
-    assert "outside the folders this app may read" in status and "studio-error" in status
+    assert "Long videos:" in status and "outside the folders this app may use" in status
     status, job_id, _ = prep.start_split(None, str(video), "", "5b", 9, 0, "", "center", 1.0, 1)
     assert "Splitting 1 video into <b>long take clips</b>" in status
 
