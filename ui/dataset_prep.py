@@ -167,7 +167,7 @@ class DatasetPreparation:
 
     def _videos(self, uploaded, server_paths: str, folder: Path) -> list[Path]:
         """Uploads copied under the workspace (the upload's temp copy may go); server paths
-        accepted only inside the folders this app may read."""
+        accepted only inside the folders this app may use (core/confine.py)."""
         videos = []
         for upload in uploaded or []:
             source = Path(getattr(upload, "name", upload))
@@ -180,18 +180,12 @@ class DatasetPreparation:
             if not same:  # a second press on the same upload reuses the copy a split may read
                 shutil.copy2(source, target)
             videos.append(target)
-        roots = [root.resolve() for root in self.studio.allowed_roots]
         for line in (server_paths or "").splitlines():
             if not line.strip():
                 continue
-            path = Path(line.strip()).expanduser().resolve()
-            if not any(path.is_relative_to(root) for root in roots):
-                raise UserError(
-                    f"{path} is outside the folders this app may read; start the app with "
-                    "--data-dir to allow it"
-                )
+            path = self.studio.confinement.path(line.strip(), "Long videos")
             if not path.is_file():
-                raise UserError(f"{path} does not exist on the server")
+                raise UserError(f"Long videos: {path} does not exist on the server")
             videos.append(path)
         if not videos:
             raise UserError("Upload a long video, or name one on the server, first.")
@@ -232,8 +226,10 @@ class DatasetPreparation:
         if not folder:
             return _status("Choose a dataset first.", "error"), gr.skip(), gr.skip()
         try:
+            folder = str(self.studio.confinement.path(folder, "Dataset"))
             tiny = model == TINY_CAPTIONER
             model = self._tiny_captioner() if tiny else (model or "").strip()
+            model = self.studio.confinement.model(model, "Vision-language model")
             gpu_ids = [] if gpu in (None, CPU) else [int(gpu.split(":")[0].removeprefix("GPU "))]
             spec = JobSpec(
                 name=f"caption {Path(folder).name}",
