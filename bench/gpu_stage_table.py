@@ -499,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         option_settings(option)  # an unknown option fails before anything is built
 
     from core.config import parse_bucket
-    from core.models.cogvideox import ModelSource, family_rules
+    from core.models.registry import identify
+    from core.models.source import ModelSource
 
     bucket = parse_bucket(args.bucket or ("49x480x720" if args.scale == "full" else "9x32x32"))
     trainings = args.training or list(TRAINING_TYPES)
@@ -520,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     for family in args.family:
         model = model_for(family, args.scale, args.device, workdir)
         transformer = json.loads((model / "transformer" / "config.json").read_text())
-        tokens = family_rules(ModelSource(str(model))).video_tokens(*bucket)
+        tokens = identify(ModelSource(str(model))).rules.video_tokens(*bucket)
         flops = 3 * forward_flops(transformer, tokens)
         for training_key in trainings:
             training = TRAINING_TYPES[training_key]
