@@ -68,6 +68,7 @@ class Run:
     argv: list[str]
     minutes: float
     needs_gpus: int = 1
+    required: bool = False  # nothing after it can work when it fails
 
 
 @dataclass
@@ -96,8 +97,14 @@ def plan(out: Path) -> list[Phase]:
     python = sys.executable
     environment = Phase(0, "environment")
     environment.runs = [
-        Run("packages and GPU", [python, str(ROOT / "bench" / "gpu_check.py"), "--versions"], 0.4),
-        Run("nvidia-smi", ["nvidia-smi"], 0.1),
+        Run(
+            "packages and GPU",
+            [python, str(ROOT / "bench" / "gpu_check.py"), "--versions"],
+            0.4,
+            needs_gpus=0,  # it says itself when there is none
+            required=True,
+        ),
+        Run("nvidia-smi", ["nvidia-smi"], 0.1, needs_gpus=0),
     ]
     smoke = Phase(1, "CUDA smoke on tiny models")
     tiny_args = ["--device", "cuda", "--scale", "tiny", "--steps", "3", "--warmup", "1"]
@@ -218,13 +225,22 @@ def check_arguments(run: Run) -> None:
 
 
 def gpu_count() -> int:
+    """GPUs here: nvidia-smi's list, else torch's count."""
     try:
         listing = subprocess.run(
             ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60, check=False
         )
+        return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
     except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
+        pass
+    counted = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return int(counted.stdout.strip() or 0) if counted.returncode == 0 else 0
 
 
 def append(path: Path, text: str) -> None:
@@ -236,6 +252,7 @@ def execute(phases: list[Phase], out: Path, minutes: float, dry_run: bool) -> No
     report = out / "gpu_check.md"
     deadline = time.monotonic() + minutes * 60 - REPORT_MINUTES * 60
     gpus = 0 if dry_run else gpu_count()
+    blocked = ""  # why the rest cannot run
     for phase in phases:
         lines = [f"## Phase {phase.number}: {phase.title} (planned {phase.minutes:.1f} min)", ""]
         for run in phase.runs:
@@ -244,6 +261,9 @@ def execute(phases: list[Phase], out: Path, minutes: float, dry_run: bool) -> No
             if dry_run:
                 check_arguments(run)
                 lines.append(f"- {run.what}: would run `{command}` ({run.minutes:.1f} min)")
+                continue
+            if blocked:
+                lines.append(f"- {run.what}: skipped, {blocked}")
                 continue
             if run.needs_gpus > gpus:
                 lines.append(f"- {run.what}: skipped, it needs {run.needs_gpus} GPUs ({gpus} here)")
@@ -267,6 +287,8 @@ def execute(phases: list[Phase], out: Path, minutes: float, dry_run: bool) -> No
             lines.append(f"- {run.what}: {status} in {took:.1f} min (planned {run.minutes:.1f})")
             if status != "ok":
                 lines.append(f"  - last lines of {log.name}: `{tail(log)}`")
+                if run.required:
+                    blocked = f"{run.what} failed"
         append(report, "\n".join([*lines, ""]))
         print("\n".join(lines), flush=True)
 
@@ -395,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|",
         *(f"| {p.number} | {p.title} | {p.minutes:.1f} |" for p in phases),
         f"| report | predicted beside measured | {REPORT_MINUTES:.1f} |",
-        f"| total | | {total:.1f} |",
+        f"| total | all phases and the report | {total:.1f} |",
         "",
     ]
     append(args.out / "gpu_check.md", "\n".join(header))

@@ -173,8 +173,28 @@ def write_figures(workdir: Path, jobs: int = 1) -> int:
     FIGURES.write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
     for name in presets:
         write_preset_memory(PRESETS / name, memory_text(figures_of(f"preset:{name}")))
-    print(f"wrote {FIGURES} and the gpu_memory line of {len(presets)} presets")
+    print(f"wrote {FIGURES} and the gpu_memory line of {len(presets)} presets\n")
+    print("\n".join(readme_table(figures)))
     return 0
+
+
+def readme_table(figures: dict) -> list[str]:
+    """The README's table of predicted figures (GB)."""
+    lines = [
+        "| configuration | weights | optimizer states | peak allocated while training "
+        "| max reserved while training | max reserved through validation |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = [(f"preset {name}", entry) for name, entry in figures["presets"].items()]
+    rows += [(f"check {key}", entry) for key, entry in figures["checks"].items()]
+    rows += [(f"Launch {key}, {RECOMMENDED_OPTIONS}", e) for key, e in figures["launch"].items()]
+    for name, entry in rows:
+        lines.append(
+            f"| {name} | {entry['weights_gb']:.2f} | {entry['optimizer_gb']:.2f} "
+            f"| {entry['training_peak_allocated_gb']:.2f} | {entry['training_reserved_gb']:.2f} "
+            f"| {entry['validation_reserved_gb']:.2f} |"
+        )
+    return lines
 
 
 def _identity(family: str, bucket: str, settings: dict) -> str:

@@ -117,6 +117,8 @@ def make_train_config(model: Path, bucket: str, settings: dict, options: str = "
 
 def config_checkpoint(folder: Path, family: str) -> Path:
     """A checkpoint folder with the family's full-size configs and no weights (kilobytes)."""
+    import shutil
+
     import torch
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from gpu_stage_table import T5_XXL, VAE_FULL_SIZE, full_size_transformer_config
@@ -127,6 +129,7 @@ def config_checkpoint(folder: Path, family: str) -> Path:
     if (folder / "model_index.json").exists():
         return folder
     partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # what an interrupted build left
     build_tiny_checkpoint(partial, family)  # the tokenizer, scheduler and folder layout
     for component in ("transformer", "vae", "text_encoder"):
         for weights in (partial / component).glob("*.safetensors"):
@@ -248,14 +251,11 @@ def predict(label: str, model: Path, bucket: str, settings: dict, options: str =
     from memory_stages import run_stages
 
     from core.config import parse_bucket
-    from core.models import cogvideox as models
 
     config = make_train_config(model, bucket, settings, options)
-    tokenizer = models.load_tokenizer(models.ModelSource(str(model)))
+    config = config.model_copy(update=optimizer_on_gpu(config))
     started = time.perf_counter()
-    recording = run_stages(
-        config, gpu_world(config), tokenizer, parse_bucket(bucket), optimizer_on_gpu
-    )
+    recording = run_stages(config, gpu_world(config), parse_bucket(bucket))
     rows = recording.table(config.expandable_segments)
     seconds = time.perf_counter() - started
     return Prediction(label, rows, recording.parts, recording.parameters, seconds)

@@ -1,49 +1,52 @@
 """One training run's device memory, stage by stage, on fake tensors (or real ones, to check).
 
-`run_stages` goes through a run as `core.train.Trainer.run` does, with the trainer's own parts
-(the model family's encoders, loss and pipeline, the LoRA and fp8 set-up, gradient
-checkpointing, activation offload, the optimizer), at the reference's stages:
+`run_stages` runs `core.train.Trainer`'s own parts on one device: the precompute of prompts and
+media (`Conditions.precompute`), the transformer as `core.training.setup` builds it (LoRA, fp8
+storage, gradient checkpointing), `Trainer.setup_training` (the optimizer, the loss),
+`Trainer.train` (its steps, with offloaded activations if asked) and the `Validator` (denoising
+and decoding a video). The trainer reports the reference's stages itself:
 
     encode the prompts with T5, drop T5              -> after precomputing conditions
     encode the clip with the VAE, park the VAE       -> after precomputing latents
-    load the transformer, add the LoRA, optimizer    -> before training start
+    build the transformer, LoRA, optimizer           -> before training start
     two optimizer steps                              -> after epoch 1, before validation start
     denoise and decode a validation video            -> after validation end, after training end
 
-On fake tensors (`FakeTensorMode`: shapes, dtypes and storages, no data) the models are built
-full size from their configs in seconds and nothing is computed. The accelerator is stood in
-for by the `meta` device (a CPU-only torch cannot make fake CUDA tensors that survive a backward
-pass), so moving a module to the CPU or back, as the trainer does, moves its bytes in and out of
-the count. `core.live_memory.LiveMemoryTracker` counts the live bytes; its trace, replayed
-through `core.caching_allocator`, gives the allocator's view (allocated and reserved).
+What stands in: a backend without accelerate (one process), random weights built from the
+checkpoint's configs, a precompute cache in memory, no checkpoints or files written.
 
-With real tensors on the CPU (`fake=False`, tiny models) the same code runs for real, which is
-how the fake count is checked against a measured one (tests/test_memory_model.py).
+On fake tensors (`FakeTensorMode`: shapes, dtypes and storages, no data) the models are built
+full size in seconds and nothing is computed. The accelerator is stood in for by the `meta`
+device (a CPU-only torch cannot make fake CUDA tensors that survive a backward pass), so moving
+a module to the CPU or back, as the trainer does, moves its bytes in and out of the count.
+`core.live_memory.LiveMemoryTracker` counts the live bytes; its trace, replayed through
+`core.caching_allocator`, gives the allocator's view (allocated and reserved).
+
+With real tensors on the CPU (`World(fake=False)`, tiny models) the same code runs for real,
+which is how the fake count is checked against a measured one (tests/test_memory_model.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from unittest import mock
 
 import torch
 
 from core.caching_allocator import CachingAllocator
 from core.config import TrainConfig
-from core.events import (
-    STAGE_AFTER_CONDITIONS,
-    STAGE_AFTER_LATENTS,
-    STAGE_AFTER_TRAINING,
-    STAGE_AFTER_VALIDATION,
-    STAGE_BEFORE_TRAINING,
-    STAGE_BEFORE_VALIDATION,
-    stage_after_epoch,
-)
+from core.events import STAGE_AFTER_CONDITIONS, STAGE_AFTER_LATENTS, STAGE_AFTER_VALIDATION
 from core.live_memory import LiveMemoryTracker
-from core.models import cogvideox as family
+from core.training.backend import Backend
+from core.training.checkpointer import Checkpointer
+from core.training.data import Batches, Conditions
+from core.training.reporter import Reporter
+from core.training.validation import Validator
 
 GPU_STAND_IN = torch.device("meta")
 HOST = torch.device("cpu")
@@ -150,39 +153,74 @@ class Recording:
 def _apply_setting_data(self, fn, recurse=True):
     """`Module._apply` (under `.to`, `.float` ...) as it runs for real tensors: each parameter's
     `.data` replaced in place, or the parameter replaced where `.data` cannot take the new
-    tensor (fake tensors of two devices differ in type, real ones do not).
+    tensor (fake tensors of two devices differ in type, real ones do not); a parameter two
+    modules share (T5's tied embeddings) is moved once and stays shared.
 
     For fake parameters torch swaps whole tensors instead, which it refuses while autograd holds
     one (fp8 storage casts weights in every forward), and which would keep a cast weight's old
     storage alive where a real run frees it.
     """
-    if recurse:
-        for module in self.children():
-            module._apply(fn)
-    for key, parameter in self._parameters.items():
-        if parameter is None:
-            continue
-        with torch.no_grad():
-            applied = fn(parameter)
-        if torch._has_compatible_shallow_copy_type(parameter, applied):
-            parameter.data = applied
-        else:
-            self._parameters[key] = torch.nn.Parameter(applied, parameter.requires_grad)
-    for key, buffer in self._buffers.items():
-        if buffer is not None:
-            self._buffers[key] = fn(buffer)
+    _replacing.depth += 1
+    try:
+        if recurse:
+            for module in self.children():
+                module._apply(fn)
+        for key, parameter in self._parameters.items():
+            if parameter is None:
+                continue
+            done = _replacing.done.get(id(parameter))
+            if done is not None:
+                self._parameters[key] = done[1]
+                continue
+            with torch.no_grad():
+                applied = fn(parameter)
+            if torch._has_compatible_shallow_copy_type(parameter, applied):
+                parameter.data = applied
+            else:
+                replacement = torch.nn.Parameter(applied, parameter.requires_grad)
+                _replacing.done[id(parameter)] = (parameter, replacement)
+                self._parameters[key] = replacement
+        for key, buffer in self._buffers.items():
+            if buffer is not None:
+                self._buffers[key] = fn(buffer)
+    finally:
+        _replacing.depth -= 1
+        if _replacing.depth == 0:
+            _replacing.done.clear()
     return self
 
 
+class _Replacing:
+    """Parameters replaced during one `_apply` call: id -> (the old one, kept so its id is not
+    reused while the call runs, and its replacement)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.done: dict[int, tuple[torch.nn.Parameter, torch.nn.Parameter]] = {}
+
+
+_replacing = _Replacing()
+
+
 @contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Build modules in `dtype` (under fake tensors `.to(dtype)` afterwards would cost a copy)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
+def _quantization_maps_from_numbers() -> Iterator[None]:
+    """bitsandbytes' 8-bit optimizers compute their quantization maps (256 numbers) from real
+    numbers when they are built; under fake tensors those few are computed for real."""
     try:
+        from bitsandbytes import functional
+    except ImportError:
         yield
-    finally:
-        torch.set_default_dtype(previous)
+        return
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    create = functional.create_dynamic_map
+
+    def from_numbers(*args, **kwargs):
+        with unset_fake_temporarily():
+            return create(*args, **kwargs)
+
+    with mock.patch.object(functional, "create_dynamic_map", from_numbers):
+        yield
 
 
 @dataclass(frozen=True)
@@ -211,6 +249,7 @@ class World:
                 from torch._subclasses.fake_tensor import FakeTensorMode
 
                 stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+                stack.enter_context(_quantization_maps_from_numbers())
                 stack.enter_context(
                     mock.patch.object(torch.nn.Module, "_apply", _apply_setting_data)
                 )
@@ -224,173 +263,135 @@ class World:
             yield recording
 
 
-# ---- the run's parts -------------------------------------------------------------------------
+# ---- the trainer, on one stand-in device -----------------------------------------------------
 
 
-def build_component(source: family.ModelSource, component: str, dtype: torch.dtype):
-    """A component built from its config on the host, without weights (random or fake)."""
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
-    from transformers import T5Config, T5EncoderModel
+class OneDevice(Backend):
+    """The trainer's backend for one process on `device`, without accelerate: what a one-GPU
+    run's backend does (nothing wrapped, a plain backward pass, torch's clipping), and random
+    generators on the host when the device (the meta stand-in) has none."""
 
-    config = family.read_component_config(source, component)
-    with default_dtype(dtype), torch.device(HOST):
-        if component == "text_encoder":
-            return T5EncoderModel(T5Config(**config))
-        if component == "vae":
-            return AutoencoderKLCogVideoX.from_config(config)
-        return CogVideoXTransformer3DModel.from_config(config)
+    def __init__(self, config: TrainConfig, device: torch.device):
+        super().__init__(config)
+        self.device = device
 
+    def prepare(self, model, optimizer):
+        return model, optimizer
 
-@dataclass
-class Run:
-    """The state a trainer holds between stages."""
+    def unwrap(self, model):
+        return model
 
-    config: TrainConfig
-    source: family.ModelSource
-    world: World
-    recording: Recording
-    rules: family.FamilyRules = None
-    embeds: dict = field(default_factory=dict)
-    latents: list = field(default_factory=list)
-    vae: torch.nn.Module | None = None
-    transformer: torch.nn.Module | None = None
-    trainable: list = field(default_factory=list)
-    optimizer: object = None
+    def inference_module(self, prepared):
+        return prepared
+
+    def generator(self, seed: int) -> torch.Generator:
+        if self.device.type == "meta":
+            return torch.Generator(HOST).manual_seed(seed)
+        return super().generator(seed)
+
+    def accumulate(self, model):
+        return contextlib.nullcontext()
+
+    def backward(self, loss) -> None:
+        loss.backward()
 
     @property
-    def device(self) -> torch.device:
-        return self.world.device
+    def sync_gradients(self) -> bool:
+        return True
+
+    def clip_gradients(self, model, trainable: list, max_grad_norm: float):
+        max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
+        return torch.nn.utils.clip_grad_norm_(trainable, max_norm)
+
+    def main_process_first(self):
+        return contextlib.nullcontext()
 
 
-def precompute(run: Run, tokenizer, clips: list[torch.Tensor]) -> None:
-    """Encode the prompts and clips; the encoders leave the device (core/train.py,
-    precompute_conditions; core/data/precompute.py)."""
-    config = run.config
-    text_encoder = build_component(
-        run.source, "text_encoder", family.DTYPES[config.text_encoder_dtype]
-    )
-    text_encoder = text_encoder.requires_grad_(False).eval().to(run.device)
-    prompts = ["", config.validation_negative_prompt, *config.validation_prompts]
-    prompts += ["a caption" for _ in clips]
-    for prompt in dict.fromkeys(prompts):
-        encoded = family.encode_prompts(tokenizer, text_encoder, [prompt], run.device)[0]
-        run.embeds[prompt] = encoded.cpu()
-    del text_encoder, encoded
-    run.recording.stage(STAGE_AFTER_CONDITIONS)
-    vae = build_component(run.source, "vae", family.DTYPES[config.vae_dtype])
-    if config.enable_slicing:
-        vae.enable_slicing()
-    if config.enable_tiling:
-        vae.enable_tiling()
-    run.vae = vae.requires_grad_(False).eval().to(run.device)
-    for clip in clips:
-        run.latents.append(family.encode_videos(run.vae, clip.unsqueeze(0))[0].cpu())
-    run.vae.to(HOST)
-    run.recording.stage(STAGE_AFTER_LATENTS)
+class StageReporter(Reporter):
+    """The trainer's reporter, its stages marked in the recording; losses are never read back
+    (a fake one has no value), and no event file is written."""
+
+    def __init__(self, config: TrainConfig, backend: Backend, recording: Recording):
+        super().__init__(config, backend)
+        self.recording = recording
+
+    def stage(self, stage: str) -> None:
+        self.recording.stage(stage)
+
+    def flush(self) -> None:
+        self._window.clear()
 
 
-def load_transformer(run: Run) -> None:
-    """Load, store frozen weights in fp8 if asked, move to the device, add the LoRA, set up
-    checkpointing and the optimizer (core/train.py, load_transformer and setup_training)."""
-    from peft import LoraConfig
+class NoCheckpoints(Checkpointer):
+    """The run saves nothing: checkpoints write files, which fake tensors cannot fill."""
 
-    from core.performance import checkpoint_blocks
+    def attach(self, state, lr_scheduler) -> None:
+        pass
 
-    config = run.config
-    dtype = family.DTYPES[config.transformer_dtype]
-    transformer = build_component(run.source, "transformer", dtype)
-    if config.layerwise_upcasting_modules:
-        transformer.enable_layerwise_casting(
-            storage_dtype=family.FP8_DTYPES[config.layerwise_upcasting_storage_dtype],
-            compute_dtype=dtype,
-            skip_modules_pattern=tuple(config.layerwise_upcasting_skip_modules_pattern),
-        )
-    transformer = transformer.to(run.device)
-    if config.training_type == "lora":
-        transformer.requires_grad_(False)
-        transformer.add_adapter(
-            LoraConfig(
-                r=config.rank,
-                lora_alpha=config.lora_alpha,
-                init_lora_weights=True,
-                target_modules=config.target_modules,
-            )
-        )
-        for parameter in transformer.parameters():
-            if parameter.requires_grad:
-                parameter.data = parameter.data.float()
-    else:
-        transformer.requires_grad_(True)
-    if config.gradient_checkpointing:
-        checkpoint_blocks(
-            transformer, config.gradient_checkpointing_ratio, config.offload_activations
-        )
-    transformer.train()
-    run.transformer = transformer
-    run.trainable = [p for p in transformer.parameters() if p.requires_grad]
+    def due(self, step: int) -> bool:
+        return False
 
 
-def _trainer_for(run: Run):
-    """A `Trainer` holding this run's state, so its own loss and optimizer code runs."""
-    from core.train import Trainer
+class FreshCache:
+    """A first run's precompute cache: empty, then holding what the run encodes (in memory:
+    fake tensors can't be written), so a second identical clip is read, not encoded."""
 
-    trainer = Trainer(run.config.model_copy())
-    trainer.device = run.device
-    trainer.rules = run.rules
-    trainer.transformer = run.transformer
-    trainer.trainable = run.trainable
-    trainer.compute_dtype = family.DTYPES[run.config.transformer_dtype]
-    trainer.cached_latents = run.latents
-    trainer.cached_embeds = [run.embeds["a caption"] for _ in run.latents]
-    trainer.empty_embed = run.embeds[""][None]
-    scheduler = family.load_scheduler(run.source)
-    trainer.alphas_cumprod = scheduler.alphas_cumprod.to(run.device, torch.float32)
-    trainer.rotary = family.RotaryCache(run.transformer.config, run.device)
-    # Noise is drawn from per-sample generators on the device; the stand-in device has none,
-    # so they live on the CPU (the same draws, the same shapes).
-    trainer._sample_generators = lambda indices, micro: [
-        torch.Generator(HOST).manual_seed(index + micro) for index in indices
-    ]
-    return trainer
+    def __init__(self, root):
+        self.root = Path(root)
+        self.entries: dict[str, dict] = {}
+        self.hits = self.misses = self.repaired = 0
+
+    def load(self, key: str):
+        entry = self.entries.get(key)
+        self.hits += entry is not None
+        self.misses += entry is None
+        return entry
+
+    def save(self, key: str, entry: dict) -> None:
+        self.entries[key] = entry
 
 
-def train(run: Run, optimizer_kwargs: Callable[[TrainConfig], dict] | None = None) -> None:
-    """Optimizer steps as `Trainer.train` takes them, with the stages it reports around them."""
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
+class WithoutWeights:
+    """The model family's object, its components built from their configs with random weights
+    (on fake tensors: shapes only), its validation video left as the decoded tensor."""
 
-    trainer = _trainer_for(run)
-    if optimizer_kwargs is not None:
-        trainer.config = trainer.config.model_copy(update=optimizer_kwargs(run.config))
-    # bitsandbytes computes its quantization maps from real numbers when it is built.
-    with unset_fake_temporarily() if run.world.fake else contextlib.nullcontext():
-        optimizer = trainer._make_optimizer(run.trainable, run.config.lr)
-    run.recording.stage(STAGE_BEFORE_TRAINING)
-    max_norm = run.config.max_grad_norm if run.config.max_grad_norm > 0 else float("inf")
-    for step in range(TRAIN_STEPS):
-        loss = trainer._loss(list(range(len(run.latents))), None, step)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(run.trainable, max_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        del loss
-    run.optimizer = optimizer
-    run.recording.parts = memory_parts(run.transformer, run.trainable, optimizer)
-    run.recording.parameters = parameter_count(run.transformer)
-    run.recording.stage(stage_after_epoch(1))
-    run.recording.stage(STAGE_BEFORE_VALIDATION)
+    def __init__(self, family):
+        self._family = family
+
+    def __getattr__(self, name: str):
+        return getattr(self._family, name)
+
+    def load_text_encoder(self, dtype: torch.dtype):
+        return self._family.load_text_encoder(dtype, weights=False)
+
+    def load_vae(self, dtype: torch.dtype, slicing: bool = False, tiling: bool = False):
+        return self._family.load_vae(dtype, slicing, tiling, weights=False)
+
+    def load_transformer(self, dtype: torch.dtype, weights: bool = True):
+        return self._family.load_transformer(dtype, weights=False)
+
+    def sampling_scheduler(self, scheduler):
+        return _told_its_timesteps(self._family.sampling_scheduler(scheduler))
+
+    def make_pipeline(self, *args, **kwargs):
+        pipeline = self._family.make_pipeline(*args, **kwargs)
+        # The video's conversion to numpy arrays needs numbers: stop at the decoded video.
+        pipeline.video_processor.postprocess_video = lambda video, output_type: video.cpu()
+        return pipeline
 
 
-def _validation_scheduler(source: family.ModelSource):
+def _told_its_timesteps(scheduler):
     """The validation scheduler, told each step's timesteps as the numbers they are.
 
     The DPM scheduler decides with them (`prev_timestep >= 0`), which a fake tensor cannot
     answer. The pipeline steps through its timesteps in order, so each step reads them from the
     schedule `set_timesteps` made (the same values, kept on the host).
     """
-    from diffusers import CogVideoXDPMScheduler
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    class Scheduler(CogVideoXDPMScheduler):
+    base = type(scheduler)
+
+    class ToldItsTimesteps(base):
         def set_timesteps(self, num_inference_steps, device=None):
             with unset_fake_temporarily():
                 super().set_timesteps(num_inference_steps, device=HOST)
@@ -404,7 +405,95 @@ def _validation_scheduler(source: family.ModelSource):
             timestep_back = self.schedule[index - 1] if index > 0 else None
             return super().step(model_output, old_pred, timestep, timestep_back, sample, **kwargs)
 
-    return Scheduler.from_config(family.load_scheduler(source).config)
+    return ToldItsTimesteps.from_config(scheduler.config)
+
+
+def _stand_in_samples(clip_shape: tuple[int, int, int], count: int) -> list:
+    """`count` samples of one clip and caption: one epoch of the run's steps."""
+    from core.data.dataset import Sample
+
+    return [
+        Sample(
+            path=Path("clip.mp4"),
+            caption="a caption",
+            bucket=clip_shape,
+            indices=tuple(range(clip_shape[0])),
+            info=None,
+            digest="clip",
+            source="memory model",
+        )
+        for _ in range(count)
+    ]
+
+
+def run_stages(config: TrainConfig, world: World, clip_shape: tuple[int, int, int]) -> Recording:
+    """A run of `config` (--train_steps of it, on one batch of clips of `clip_shape`: frames,
+    height, width) through the trainer's own parts in `world`; returns its trace.
+
+    What runs is `core.train.Trainer`'s: the precompute of prompts and media (an empty cache),
+    the transformer built as the trainer builds it, its optimizer, `train()` with its steps and
+    loss, and validation. What stands in: a one-device backend without accelerate, a reporter
+    that marks stages, no checkpoints, random weights, and no files written.
+    """
+    from core.data import cache, precompute, video
+    from core.models.registry import identify, open_family
+    from core.models.source import ModelSource
+    from core.train import Trainer
+    from core.training.setup import load_transformer
+
+    if not config.precompute_conditions:
+        raise ValueError("the memory model covers runs with --precompute_conditions only")
+    frames, height, width = clip_shape
+    spec = identify(ModelSource(config.pretrained_model_name_or_path), config.model_name)
+    family = WithoutWeights(open_family(spec))
+    tokenizer = family.load_tokenizer()
+    micro_batches = TRAIN_STEPS * config.gradient_accumulation_steps
+    samples = _stand_in_samples(clip_shape, config.batch_size * micro_batches)
+    with tempfile.TemporaryDirectory() as scratch, world.enter() as recording:
+        config = config.model_copy(
+            update={
+                "output_dir": scratch,
+                "report_to": "none",
+                "train_steps": TRAIN_STEPS,
+                "validation_steps": None,  # validation once, when training ends
+                "num_validation_videos": 1,
+                "validation_prompts": config.validation_prompts[:1],
+                "validation_inference_steps": min(
+                    VALIDATION_STEPS, config.validation_inference_steps
+                ),
+            }
+        )
+        clips = {  # decoded frames in [-1, 1], as core.data.dataset.load_clip gives them
+            "clip": torch.empty(frames, 3, height, width)
+            if world.fake
+            else torch.rand(frames, 3, height, width) * 2 - 1
+        }
+        trainer = Trainer(config)
+        trainer.backend = backend = OneDevice(config, world.device)
+        trainer.reporter = reporter = StageReporter(config, backend, recording)
+        trainer.checkpointer = NoCheckpoints(config, backend, reporter)
+        trainer.validator = Validator(config, backend, reporter)
+        trainer.batches = Batches(config, backend, trainer.state, reporter)
+        trainer.conditions = Conditions(config, backend, reporter)
+        trainer.spec, trainer.family, trainer.tokenizer = spec, family, tokenizer
+        trainer.scheduler = family.load_scheduler()
+        trainer.batches.samples = samples
+        with (
+            mock.patch.object(cache, "PrecomputeCache", FreshCache),
+            mock.patch.object(precompute, "load_clip", lambda sample: clips[sample.digest]),
+            mock.patch.object(video, "write_video", lambda *args, **kwargs: None),
+        ):
+            trainer.conditions.precompute(family, samples, tokenizer, lambda: None)
+            clips.clear()
+            trainer.batches.load_media = False
+            trainer.transformer = load_transformer(family, config, backend.device)
+            trainer.setup_training()
+            trainer.train()
+        recording.parts = memory_parts(trainer.transformer, trainer.trainable, trainer.optimizer)
+        recording.parameters = parameter_count(trainer.transformer)
+        del trainer
+        gc.collect()
+    return recording
 
 
 def memory_parts(transformer, trainable: list, optimizer) -> dict[str, int]:
@@ -417,7 +506,7 @@ def memory_parts(transformer, trainable: list, optimizer) -> dict[str, int]:
 
     states = [
         value
-        for state in getattr(optimizer, "optimizer", optimizer).state.values()
+        for state in optimizer.state.values()
         for value in state.values()
         if isinstance(value, torch.Tensor)
     ]
@@ -430,71 +519,3 @@ def memory_parts(transformer, trainable: list, optimizer) -> dict[str, int]:
 
 def parameter_count(transformer) -> int:
     return sum(parameter.numel() for parameter in transformer.parameters())
-
-
-def validate(run: Run) -> None:
-    """One validation video, as `Trainer.validate` renders it, the VAE brought back for it."""
-    config = run.config
-    frames, height, width = config.buckets[0]
-    frames = config.validation_frames or frames
-    height = config.validation_height or height
-    width = config.validation_width or width
-    run.transformer.eval()
-    vae = run.vae.to(run.device)
-    pipeline = family.make_pipeline(run.transformer, vae, _validation_scheduler(run.source))
-    pipeline.set_progress_bar_config(disable=True)
-    prompt = config.validation_prompts[0] if config.validation_prompts else ""
-    # The video's conversion to numpy arrays needs numbers: stop at the decoded video.
-    with mock.patch.object(
-        pipeline.video_processor, "postprocess_video", lambda video, output_type: video.cpu()
-    ):
-        video = family.generate(
-            pipeline,
-            run.embeds[prompt][None].to(run.device),
-            run.embeds[config.validation_negative_prompt][None].to(run.device),
-            frames,
-            height,
-            width,
-            min(VALIDATION_STEPS, config.validation_inference_steps),
-            config.validation_guidance_scale,
-            torch.Generator(HOST).manual_seed(config.seed or 0),
-        )
-    del video, pipeline
-    run.transformer.train()
-    run.vae.to(HOST)
-    run.recording.stage(STAGE_AFTER_VALIDATION)
-    run.recording.stage(STAGE_AFTER_TRAINING)
-
-
-def run_stages(
-    config: TrainConfig,
-    world: World,
-    tokenizer,
-    clip_shape: tuple[int, int, int],
-    optimizer_kwargs: Callable[[TrainConfig], dict] | None = None,
-) -> Recording:
-    """The whole run on one batch of clips of `clip_shape` (frames, height, width); returns its
-    trace. Runs that encode every step (no --precompute_conditions) are not modelled."""
-    if not config.precompute_conditions:
-        raise ValueError("the memory model covers runs with --precompute_conditions only")
-    source = family.ModelSource(config.pretrained_model_name_or_path)
-    frames, height, width = clip_shape
-    with world.enter() as recording:
-        run = Run(config, source, world, recording, rules=family.family_rules(source))
-        clips = [
-            torch.empty(frames, 3, height, width)
-            if world.fake
-            else torch.rand(frames, 3, height, width) * 2 - 1
-            for _ in range(config.batch_size)
-        ]
-        precompute(run, tokenizer, clips)
-        del clips
-        load_transformer(run)
-        train(run, optimizer_kwargs)
-        if config.validation_prompts:
-            validate(run)
-        else:
-            run.recording.stage(STAGE_AFTER_TRAINING)
-        del run
-        gc.collect()
-    return recording

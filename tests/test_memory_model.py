@@ -75,8 +75,8 @@ def test_expandable_segments_grow_one_segment_instead_of_stranding_free_blocks()
 # Each family's run takes a different path: the 5b a LoRA over fp8 storage with 8-bit AdamW and
 # offloaded activations; the 1.5 a full finetune with torch's AdamW, half its blocks checkpointed.
 TINY_RUNS = {
-    "5b": ("lora", ["fp8", "offload", "rank=8"]),
-    "1.5": ("full", ["adamw", "checkpointing=0.5"]),
+    "5b": ("lora", "fp8+offload+rank=8"),
+    "1.5": ("full", "adamw+checkpointing=0.5"),
 }
 
 
@@ -84,17 +84,13 @@ TINY_RUNS = {
 def test_fake_tensors_predict_the_peak_real_tensors_reach_at_every_stage(variant, tiny_models):
     """The same run (the trainer's parts, stage by stage) with real tensors on the CPU and with
     fake ones: the tracker's peak of live bytes in each stage agrees within 5%."""
-    from core.models import cogvideox as family
-
     training, options = TINY_RUNS[variant]
-    model = tiny_models[variant]
     settings = memory_model.reference_settings(training)
-    config = memory_model.make_train_config(model, "9x32x32", settings, options)
-    tokenizer = family.load_tokenizer(family.ModelSource(str(model)))
+    config = memory_model.make_train_config(tiny_models[variant], "9x32x32", settings, options)
     cpu = torch.device("cpu")
     tables = {
         fake: memory_stages.run_stages(
-            config, memory_stages.World(fake=fake, device=cpu), tokenizer, (9, 32, 32)
+            config, memory_stages.World(fake=fake, device=cpu), (9, 32, 32)
         ).table()
         for fake in (False, True)
     }
@@ -138,3 +134,29 @@ def test_the_model_prints_the_reference_stages_and_ends_with_the_recommended_pea
     assert recommended.row(training).host_peak > reference.row(training).host_peak
     last = output.strip().splitlines()[-1]
     assert last == f"predicted_peak_gb_5b_lora: {recommended.training_reserved_gb:.2f}"
+
+
+# ---- the figures the app shows ---------------------------------------------------------------
+
+
+def test_each_gpu_preset_shows_the_figure_predicted_for_its_settings():
+    """Presets name the memory the model predicted for their own settings; a preset changed
+    since needs `python bench/memory_model.py --write-figures` again."""
+    import json
+
+    import memory_figures
+
+    figures = json.loads(memory_model.FIGURES.read_text())
+    presets = memory_figures.gpu_presets()
+    assert set(figures["presets"]) == set(presets)
+    for name, preset in presets.items():
+        entry = figures["presets"][name]
+        assert entry["settings"] == memory_figures.memory_settings(preset["train"]), (
+            f"{name} changed since its memory was predicted: run bench/memory_model.py "
+            "--write-figures"
+        )
+        assert preset["gpu_memory"] == memory_figures.memory_text(entry)
+    # The goals, for the recommended 5B LoRA and the 5B full finetune with 8-bit AdamW.
+    recommended = figures["presets"]["2-5b-lora-recommended.json"]
+    assert recommended["training_reserved_gb"] <= 16 and recommended["validation_reserved_gb"] <= 20
+    assert figures["presets"]["4-5b-full-finetune.json"]["training_reserved_gb"] <= 45

@@ -53,16 +53,32 @@ class CogVideoX:
 
         return load_component(T5Tokenizer, self.source, "tokenizer")
 
-    def load_text_encoder(self, dtype: torch.dtype):
-        from transformers import T5EncoderModel
+    def load_text_encoder(self, dtype: torch.dtype, weights: bool = True):
+        """T5's encoder; with `weights=False`, randomly initialised from its config."""
+        from transformers import T5Config, T5EncoderModel
 
-        model = load_component(T5EncoderModel, self.source, "text_encoder", dtype=dtype)
+        if weights:
+            model = load_component(T5EncoderModel, self.source, "text_encoder", dtype=dtype)
+        else:
+            config = T5Config.from_pretrained(
+                self.source.location, subfolder="text_encoder", **self.source.kwargs()
+            )
+            model = _from_config(lambda: T5EncoderModel(config), dtype)
         return model.requires_grad_(False).eval()
 
-    def load_vae(self, dtype: torch.dtype, slicing: bool = False, tiling: bool = False):
+    def load_vae(
+        self, dtype: torch.dtype, slicing: bool = False, tiling: bool = False, weights: bool = True
+    ):
+        """The VAE; with `weights=False`, randomly initialised from its config."""
         from diffusers import AutoencoderKLCogVideoX
 
-        vae = load_component(AutoencoderKLCogVideoX, self.source, "vae", dtype=dtype)
+        if weights:
+            vae = load_component(AutoencoderKLCogVideoX, self.source, "vae", dtype=dtype)
+        else:
+            config = AutoencoderKLCogVideoX.load_config(
+                self.source.location, subfolder="vae", **self.source.kwargs()
+            )
+            vae = _from_config(lambda: AutoencoderKLCogVideoX.from_config(config), dtype)
         if slicing:
             vae.enable_slicing()
         if tiling:
@@ -81,12 +97,7 @@ class CogVideoX:
         config = CogVideoXTransformer3DModel.load_config(
             self.source.location, subfolder="transformer", **self.source.kwargs()
         )
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)  # built in the dtype: `.to` can't swap fake parameters
-        try:
-            return CogVideoXTransformer3DModel.from_config(config)
-        finally:
-            torch.set_default_dtype(previous)
+        return _from_config(lambda: CogVideoXTransformer3DModel.from_config(config), dtype)
 
     def load_transformer_folder(self, folder: Path, dtype: torch.dtype):
         """A finetuned transformer saved by a full-finetune run."""
@@ -276,6 +287,17 @@ class CogVideoX:
 
         state = load_file(folder / LORA_FILE)
         return {key.removeprefix("transformer."): value for key, value in state.items()}
+
+
+def _from_config(build, dtype: torch.dtype):
+    """A module built in `dtype` from its config (random weights): built in the dtype rather
+    than cast after, since `.to` can't swap fake tensors' parameters (a memory model's)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return build()
+    finally:
+        torch.set_default_dtype(previous)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,6 +133,10 @@ class Backend:
     def unwrap(self, model):
         return self.accelerator.unwrap_model(model)
 
+    def generator(self, seed: int) -> torch.Generator:
+        """A random generator on the device, seeded (noise is drawn where it is used)."""
+        return torch.Generator(self.device).manual_seed(seed)
+
     def gathered_state(self, model) -> dict | None:
         """The full state dict of a sharded model (a collective: every rank calls it)."""
         return self.accelerator.get_state_dict(model) if self.weights_sharded else None

@@ -75,7 +75,7 @@ class Batches:
             int.from_bytes(hashlib.blake2b(f"{key}-{i}".encode(), digest_size=8).digest()) >> 1
             for i in indices
         ]
-        return [torch.Generator(self.backend.device).manual_seed(seed) for seed in seeds]
+        return [self.backend.generator(seed) for seed in seeds]
 
 
 def collate_media(items: list[dict]) -> dict[str, torch.Tensor]:

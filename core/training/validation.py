@@ -6,8 +6,6 @@ import logging
 import re
 from collections.abc import Callable
 
-import torch
-
 from core.config import TrainConfig
 from core.events import STAGE_AFTER_VALIDATION, STAGE_BEFORE_VALIDATION, ValidationEvent
 from core.training.backend import Backend
@@ -105,7 +103,7 @@ class Validator:
                 prompt = config.validation_prompts[index]
                 if backend.world == 1:
                     self.check_stop()
-                generator = torch.Generator(backend.device).manual_seed(config.seed + number)
+                generator = backend.generator(config.seed + number)
                 with attention_context(self.attention_backend):
                     video = self.family.generate(
                         pipeline,
