@@ -23,6 +23,7 @@ from memory_model import (
     FIGURES,
     RECOMMENDED_OPTIONS,
     config_checkpoint,
+    make_train_config,
     predict,
 )
 
@@ -132,6 +133,8 @@ def write_figures(workdir: Path, jobs: int = 1) -> int:
         distinct.setdefault(_identity(family, bucket, settings), (family, bucket, settings))
     for family in FAMILY_BUCKETS:  # the configs once, before processes could race to write them
         config_checkpoint(workdir / f"configs-{family}", family)
+    for family, bucket, settings in distinct.values():  # a bad one fails before any runs
+        make_train_config(workdir / f"configs-{family}", bucket, settings)
     print(f"predicting {len(distinct)} distinct configurations, {jobs} at a time ...", flush=True)
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         jobs_ = [(*job, str(workdir)) for job in distinct.values()]

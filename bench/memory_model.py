@@ -99,7 +99,8 @@ GOALS_GB = {
 
 
 def make_train_config(model: Path, bucket: str, settings: dict, options: str = ""):
-    """A TrainConfig for `settings` changed by `options` (a+b), on `model`, one validation video."""
+    """A TrainConfig for `settings` changed by `options` (a+b), on `model`, one validation
+    video, with the optimizer implementation a GPU would run."""
     from core.config import make_config
 
     merged = {**settings, **option_settings(options)}
@@ -109,7 +110,9 @@ def make_train_config(model: Path, bucket: str, settings: dict, options: str = "
         video_resolution_buckets=[bucket],
         validation_prompts=["a validation prompt"],
     )
-    return make_config(merged)
+    merged.setdefault("seed", 42)  # no effect on memory; a run without one would draw it
+    config = make_config(merged)
+    return make_config({**config.model_dump(), **optimizer_on_gpu(config)})
 
 
 # ---- the model's configs --------------------------------------------------------------------
@@ -190,7 +193,9 @@ def gpu_world(config):
 
 
 def optimizer_on_gpu(config) -> dict:
-    """The optimizer implementation torch would run on a GPU for this config."""
+    """The torch AdamW implementation a GPU would run for this config (8-bit AdamW has one)."""
+    if config.use_8bit_bnb:
+        return {}
     return {
         "optimizer_implementation": GPU_OPTIMIZER_IMPLEMENTATION[config.optimizer_implementation]
     }
@@ -253,7 +258,6 @@ def predict(label: str, model: Path, bucket: str, settings: dict, options: str =
     from core.config import parse_bucket
 
     config = make_train_config(model, bucket, settings, options)
-    config = config.model_copy(update=optimizer_on_gpu(config))
     started = time.perf_counter()
     recording = run_stages(config, gpu_world(config), parse_bucket(bucket))
     rows = recording.table(config.expandable_segments)
