@@ -26,7 +26,7 @@ from tests.browser.conftest import AppProcess, fill_field
 from tests.hub_server import FakeHub
 
 TOKEN = "hf_browser_test_token_0123456789"
-STEPS = 600  # long enough to refresh and restart the app while it trains
+STEPS = 400  # long enough to refresh and restart the app while it trains
 TRIGGER = "SQR"
 
 
