@@ -134,18 +134,47 @@ def test_stop_and_resume_under_two_processes(runner, tiny_models, reference_data
     assert steps == list(range(1, stopped_at + 4))
 
 
-def test_one_rank_killed_fails_the_job_and_the_others_exit(runner, tiny_models, reference_dataset):
-    job = runner.submit(spec(tiny_models, reference_dataset, 2, 1, train_steps=100_000))
-    wait_for_steps(runner, job, 2)
+def wait_for_attempt_steps(runner, job, count: int, timeout: float = 120.0) -> None:
+    """Until the job's current attempt has reported `count` steps."""
+    from jobs.events import EventTail
+
+    deadline = time.monotonic() + timeout
+    while True:
+        runner.poll()
+        current = runner.store.get(job.id)
+        tail = EventTail(Path(current.job_dir) / "events.jsonl", current.attempt_offset)
+        steps = sum(event.kind == "step" for event in tail.read_new())
+        if current.status == "running" and steps >= count:
+            return
+        assert time.monotonic() < deadline, "no steps"
+        time.sleep(0.2)
+
+
+def kill_rank(runner, job, rank: int) -> list:
+    """SIGKILL one rank (found by its RANK); returns every trainer process of the job."""
     trainers = runner._trainers(runner.store.get(job.id))
     assert len(trainers) == 2
-    ranks = sorted(trainers, key=lambda p: p.create_time())
-    ranks[-1].send_signal(signal.SIGKILL)
-    job = runner.wait(job.id, timeout=120)
-    assert job.status == "failed", job.status
-    assert job.reason
-    assert not any(p.is_running() and p.status() != "zombie" for p in trainers)
-    assert not runner._job_processes(job), "a process of the job outlived it"
+    by_rank = {int(p.environ()["RANK"]): p for p in trainers}
+    by_rank[rank].send_signal(signal.SIGKILL)
+    return trainers
+
+
+def test_a_killed_rank_fails_the_job_naming_it_and_the_others_exit(
+    runner, tiny_models, reference_dataset
+):
+    """The survivors fail too (their collective loses its peer); the reason names the rank
+    that was killed and the signal, whichever rank it was, and the job resumes."""
+    job = runner.submit(spec(tiny_models, reference_dataset, 2, 1, train_steps=100_000))
+    for rank in (1, 0):
+        wait_for_attempt_steps(runner, job, 2)
+        trainers = kill_rank(runner, job, rank)
+        job = runner.wait(job.id, timeout=120)
+        assert job.status == "failed", job.status
+        assert job.reason == f"rank {rank} was killed by SIGKILL; the other ranks stopped with it"
+        assert not any(p.is_running() and p.status() != "zombie" for p in trainers)
+        assert not runner._job_processes(job), "a process of the job outlived it"
+        if rank == 1:
+            runner.resume(job.id)
 
 
 # DeepSpeed runs on its CPU accelerator over gloo (slowly): enough to prove the trainer drives

@@ -9,6 +9,7 @@ import gradio as gr
 import pytest
 
 from core.config import TrainConfig, make_config
+from core.confine import Confinement
 from core.data.captions import add_trigger, bulk_edit, find_replace, read_captions, write_captions
 from core.data.importing import import_files, link_server_folder, safe_name
 from core.data.synthetic import make_reference_dataset, write_clip
@@ -75,7 +76,7 @@ def test_uploaded_names_cannot_escape_and_keep_their_unicode(tmp_path):
     with pytest.raises(UserError, match="nothing was uploaded"):
         import_files([], tmp_path / "empty")
     with pytest.raises(UserError, match="outside the folders"):
-        link_server_folder(str(tmp_path), [tmp_path / "ds"])
+        link_server_folder(str(tmp_path), Confinement([tmp_path / "ds"]))
 
 
 def test_a_flattened_reference_upload_is_repointed(tmp_path):

@@ -22,6 +22,7 @@ import gradio as gr
 import pandas as pd
 
 from core.errors import UserError
+from ui.dataset_prep import DatasetPreparation, caption_rows
 from ui.studio import Studio
 
 DEMO_CLIPS = [
@@ -141,6 +142,8 @@ class DatasetTab:
                     )
                     self.use_server = gr.Button("Use folder", scale=1)
                     self.demo = gr.Button("Generate demo clips", scale=1, elem_id="demo-clips")
+                self.prep = DatasetPreparation(self.studio, self)
+                self.prep.render()
             with gr.Column(scale=1):
                 self.choice = gr.Dropdown(
                     label="Dataset",
@@ -168,11 +171,12 @@ class DatasetTab:
         )
         self.gallery = gr.Gallery(label="Clips", columns=6, height=220, elem_id="clip-gallery")
         self.captions = gr.Dataframe(
-            headers=["file", "caption"],
+            headers=["file", "caption", "written by"],
             label="Captions: edit them in the table, then Save captions",
             interactive=True,
+            static_columns=[0, 2],
             elem_id="caption-table",
-            column_widths=["30%", "70%"],
+            column_widths=["25%", "63%", "12%"],
         )
         with gr.Row(equal_height=True):
             self.save = gr.Button(
@@ -202,6 +206,7 @@ class DatasetTab:
             data_root_widget,
             self.use_bucket,
         ]
+        self.prep.wire()
         private = {"api_visibility": "private"}
         # Carries the folder upload's paths from the page script (a State never reaches it).
         self.folder_paths = gr.Textbox(visible=False)
@@ -300,7 +305,7 @@ class DatasetTab:
         from core.data.importing import link_server_folder
 
         try:
-            folder = link_server_folder(path, self.studio.allowed_roots)
+            folder = link_server_folder(path, self.studio.confinement)
         except UserError as error:
             return (
                 gr.Dropdown(),
@@ -330,7 +335,7 @@ class DatasetTab:
             return (*self._view(folder, buckets), _message("Choose a dataset first.", "error"))
         try:
             changes = {str(row["file"]): str(row["caption"]) for _, row in table.iterrows()}
-            count = write_captions(Path(folder), changes)
+            count = write_captions(self.studio.confinement.path(folder, "Dataset"), changes)
         except UserError as error:
             return (*[gr.skip()] * len(self.view), _message(html.escape(str(error)), "error"))
         done = (
@@ -370,6 +375,11 @@ class DatasetTab:
         no_bucket = gr.Button(visible=False)
         if not folder:
             message = _message(_error or "Choose or import a dataset.")
+            return (message, "", empty_chart, [], [], [], gr.skip(), no_bucket)
+        try:  # the page reaches only the workspace and the --data-dir folders
+            self.studio.confinement.path(folder, "Dataset")
+        except UserError as error:
+            message = _message(html.escape(str(error)), "error")
             return (message, "", empty_chart, [], [], [], gr.skip(), no_bucket)
         shapes = " ".join((buckets or "").split())
         try:
@@ -413,7 +423,7 @@ class DatasetTab:
             thumb = thumbnail(root / row.file, root)
             if thumb:
                 gallery.append((str(thumb), f"{row.file}: {row.caption[:80]}"))
-        captions = [[name, text] for name, text in read_captions(root).items()]
+        captions = caption_rows(root, read_captions(root))
         message = _message(_error, "error") if _error else _message(note)
         return message, summary, chart, skipped, gallery, captions, folder, suggestion
 

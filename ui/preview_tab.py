@@ -195,12 +195,17 @@ class PreviewTab:
         from jobs.previews import find_worker, request_preview
 
         job = self.studio.runner.store.get(run_id) if run_id else None
+        idle = gr.Timer(active=False)
+        try:  # a local folder must be one the app may use; a Hub id is left as it is
+            base = self.studio.confinement.model(base or "", "Base model")
+            lora = self.studio.confinement.model(lora or "", "LoRA")
+        except UserError as error:
+            return None, _message(str(error), "error"), "", idle
         loras = []
         if lora and lora.strip():
             loras = [LoraChoice(path=lora.strip(), scale=scale)]
         elif job is not None:
             loras = [LoraChoice(path=job.job_dir, scale=scale)]
-        idle = gr.Timer(active=False)
         try:
             request = PreviewRequest(
                 base=base,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.confine import Confinement, is_dataset_folder
 from core.errors import UserError
 from core.files import write_text_atomic
 from jobs.events import RunFollower
@@ -81,9 +82,7 @@ class Studio:
     # ---- datasets --------------------------------------------------------------------------
 
     def datasets(self) -> list[Path]:
-        found = sorted(
-            p for p in self.datasets_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
+        found = sorted(p for p in self.datasets_dir.iterdir() if is_dataset_folder(p))
         linked = self.workspace / "linked-datasets.json"
         if linked.is_file():
             found += [Path(p) for p in json.loads(linked.read_text()) if Path(p).is_dir()]
@@ -101,6 +100,11 @@ class Studio:
     @property
     def allowed_roots(self) -> list[Path]:
         return [self.workspace, *self.data_dirs]
+
+    @property
+    def confinement(self) -> Confinement:
+        """What every server path the page takes must pass (jobs/confine.py)."""
+        return Confinement(self.allowed_roots, self.datasets_dir)
 
     # ---- presets ---------------------------------------------------------------------------
 

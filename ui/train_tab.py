@@ -25,8 +25,9 @@ from jobs.launch_choice import (
     model_kind,
     recommend,
 )
+from jobs.runner import JobError
 from jobs.spec import JobSpec, make_spec
-from jobs.store import ACTIVE, Job
+from jobs.store import Job
 from ui.form import TrainForm, field_of_error, label
 from ui.studio import Studio
 
@@ -584,27 +585,29 @@ class TrainTab:
         launch, values = self._split_launch(values)
         try:
             spec = self._spec(name, gpus, launch, values)
+            # The page reaches only the workspace and the --data-dir folders: checked first,
+            # before anything reads the data or the model.
+            self.studio.confinement.train_settings(spec.train)
             self.studio.wait_for_model(spec.train.pretrained_model_name_or_path)
             check_before_queue(spec, self.studio.runner)
         except UserError as error:
             refusal = self._refusal(error)
             return Outcome(self._error(refusal), None, refusal)
         # A second press (or a second tab) must not start the same run while it is on.
-        waiting_or_running = self.studio.runner.store.list(("queued", *ACTIVE))
-        mine = self.studio.runner.resolve_paths(spec).train.model_copy(update={"output_dir": ""})
-        for job in waiting_or_running:
-            if job.kind != "train" or job.name != spec.name:
-                continue
-            earlier = self.studio.runner.spec(job).train.model_copy(update={"output_dir": ""})
-            if earlier == mine:
-                return Outcome(
-                    _message(
-                        f"This run is already {job.status} ({job.id}); it is not started twice.",
-                        "error",
-                    ),
-                    None,
-                )
-        job = self.studio.runner.submit(spec)
+        earlier = self.studio.runner.find_duplicate(spec)
+        if earlier is not None:
+            return Outcome(
+                _message(
+                    f"This run is already {earlier.status} ({earlier.id}); it is not started "
+                    "twice.",
+                    "error",
+                ),
+                None,
+            )
+        try:
+            job = self.studio.runner.submit(spec)
+        except JobError as error:  # the job store cannot be written (a full disk)
+            return Outcome(_message(html.escape(str(error)), "error"), None)
         if job.status == "queued":
             note = f"queued: {html.escape(job.reason or 'waiting for its GPUs')}"
         else:

@@ -25,6 +25,9 @@ METADATA_FILES = ("metadata.csv", "metadata.jsonl")
 FILE_COLUMNS = ("file_name", "filename", "file", "video", "path", "image", "media")
 CAPTION_COLUMNS = ("caption", "text", "prompt", "description")
 _IGNORED_DIRS = {"__MACOSX", ".cache", ".git"}
+# Records the preparation commands keep beside the clips (core/data/split.py): not media, not
+# captions, and not worth a "skipped" line in the report.
+_SIDECAR_FILES = {"split.json"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,14 @@ def _inside(root: Path, relative: str) -> Path | None:
     return path if path.is_relative_to(root.resolve()) else None
 
 
+def _column_file(root: Path, name: str, flag: str) -> Path:
+    """The reference layout's list file, which may not lead out of the dataset (a link)."""
+    path = _inside(root, name)
+    if path is None:
+        raise UserError(f"{flag}: {name} points outside the dataset folder {root}")
+    return path
+
+
 def _read_lines(path: Path, flag: str) -> list[str]:
     if not path.is_file():
         raise UserError(f"{flag}: {path} does not exist")
@@ -90,8 +101,10 @@ def _read_lines(path: Path, flag: str) -> list[str]:
 
 
 def _reference(root: Path, caption_column: str, video_column: str) -> Discovery:
-    captions = _read_lines(root / caption_column, "--caption_column")
-    videos = _read_lines(root / video_column, "--video_column")
+    captions = _read_lines(
+        _column_file(root, caption_column, "--caption_column"), "--caption_column"
+    )
+    videos = _read_lines(_column_file(root, video_column, "--video_column"), "--video_column")
     if len(captions) != len(videos):
         raise UserError(
             f"--caption_column: {caption_column} has {len(captions)} captions but {video_column} "
@@ -168,15 +181,31 @@ def _metadata(root: Path, caption_column: str, video_column: str) -> Discovery:
     return found
 
 
-def _pairs(root: Path, reserved: set[str]) -> Discovery:
-    found = Discovery("pairs", root)
-    resolved_root = root.resolve()
+def _dataset_files(root: Path):
+    """Every file of a pairs-layout folder, in order: hidden and tool folders left out."""
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
         if any(part.startswith(".") or part in _IGNORED_DIRS for part in relative.parts):
             continue
-        if path.is_dir():
+        if path.is_dir() or str(relative) in _SIDECAR_FILES:
             continue
+        yield path, relative
+
+
+def media_files(root: Path) -> list[Path]:
+    """The clips and images of a pairs-layout folder, captioned or not (links inside it only)."""
+    resolved_root = root.resolve()
+    return [
+        path
+        for path, _ in _dataset_files(root)
+        if is_media(path) and path.resolve().is_relative_to(resolved_root)
+    ]
+
+
+def _pairs(root: Path, reserved: set[str]) -> Discovery:
+    found = Discovery("pairs", root)
+    resolved_root = root.resolve()
+    for path, relative in _dataset_files(root):
         if path.is_symlink() and not path.resolve().is_relative_to(resolved_root):
             found.skipped.append(Skipped(path, "a link that points outside the dataset folder"))
             continue

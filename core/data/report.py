@@ -10,6 +10,7 @@ import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from core.data.caption_origin import MODEL, CaptionRecord
 from core.data.dataset import PreparedSamples, prepare_samples, relative_name
 from core.data.video import is_image
 
@@ -38,6 +39,7 @@ class SampleRow:
     resolution: str
     duration: float
     caption_tokens: int | None = None
+    caption_by: str | None = None  # "model", "edited" (a person changed the model's) or "person"
 
 
 @dataclass
@@ -69,6 +71,7 @@ def build_report(config, tokenizer=None) -> DatasetReport:
     """The report for a TrainConfig's dataset settings (a tokenizer adds caption lengths)."""
     prepared: PreparedSamples = prepare_samples(config, require_samples=False)
     root = prepared.root
+    origins = CaptionRecord(root)
     rows, long_captions = [], []
     for sample in prepared.samples:
         tokens = None
@@ -77,15 +80,17 @@ def build_report(config, tokenizer=None) -> DatasetReport:
             if tokens > MAX_TEXT_TOKENS:
                 long_captions.append(relative_name(sample.path, root))
         frames, height, width = sample.bucket
+        name = relative_name(sample.path, root)
         rows.append(
             SampleRow(
-                file=relative_name(sample.path, root),
+                file=name,
                 caption=sample.caption,
                 bucket=f"{frames}x{height}x{width}",
                 frames=sample.info.frames,
                 resolution=f"{sample.info.width}x{sample.info.height}",
                 duration=round(sample.info.duration, 3),
                 caption_tokens=tokens,
+                caption_by=origins.origin(name, sample.caption),
             )
         )
     videos = [s for s in prepared.samples if not is_image(s.path)]
@@ -123,6 +128,12 @@ def format_report(report: DatasetReport) -> str:
     if report.resolutions:
         shown = ", ".join(f"{res} x{n}" for res, n in list(report.resolutions.items())[:6])
         lines.append(f"  resolutions: {shown}")
+    by_model = sum(row.caption_by == MODEL for row in report.samples)
+    if by_model:
+        lines.append(
+            f"  captions: {by_model} written by the model, {len(report.samples) - by_model} by a "
+            "person (--json names each clip's)"
+        )
     if report.long_captions:
         lines.append(
             f"  {len(report.long_captions)} captions are longer than the text "
