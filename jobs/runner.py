@@ -139,11 +139,11 @@ class Runner:
         they are never written to the spec, the store or a log.
         """
         output = output_folder(spec, self.store.runs_dir)  # a folder the spec names, or None
-        if output is not None:
-            output.mkdir(parents=True, exist_ok=True)
         if spec.kind == "train":
             spec = self.resolve_paths(spec)
         with self._changing():
+            if output is not None:
+                output.mkdir(parents=True, exist_ok=True)
             job = self.store.add(spec.name, spec.kind, spec.gpu_ids, exclusive=spec.exclusive)
             job_dir = Path(job.job_dir)
             try:

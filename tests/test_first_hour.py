@@ -403,6 +403,35 @@ def test_the_form_and_preset_come_back_after_a_restart(page, studio):
     assert "hf_typed" not in json.dumps(studio.page_state())  # a typed token: memory only
 
 
+def test_a_reopened_page_lands_on_a_run_under_way(page, studio):
+    blocks, runs = page["blocks"], page["RunsTab"]
+    restore = next(fn for fn in blocks.fns.values() if fn.name == "restore")
+    import psutil
+
+    job = train_job(studio, "under way", status="running")
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    studio.runner.store.update(
+        job.id,
+        pid=sleeper.pid,
+        pgid=sleeper.pid,
+        proc_start=psutil.Process(sleeper.pid).create_time(),
+    )
+    try:
+        outputs = restore.fn("9x32x32")
+        tabs = outputs[
+            [block._id for block in restore.outputs].index(
+                next(b for b in restore.outputs if isinstance(b, gr.Tabs))._id
+            )
+        ]
+        assert tabs.constructor_args == {"selected": "runs"}
+        timer = outputs[-1]
+        assert timer.constructor_args["active"] is True and timer.constructor_args["value"] == 1.0
+        assert runs.timer in restore.outputs
+    finally:
+        sleeper.kill()
+        studio.runner.store.update(job.id, status="stopped")
+
+
 # ---- 12. an output_dir named in a spec (see tests/test_queue.py) ---------------------------
 
 

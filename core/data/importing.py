@@ -109,7 +109,6 @@ def import_files(
         for leftover in (staging, unzipped):
             shutil.rmtree(leftover, ignore_errors=True)
     return destination
-    return destination
 
 
 def _repoint_reference_lists(folder: Path) -> None:
