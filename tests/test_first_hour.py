@@ -139,9 +139,9 @@ def test_the_run_view_says_what_a_queued_run_waits_for(page, studio):
 # ---- 3. refused before a job exists, at the field ------------------------------------------
 
 
-def test_start_refuses_an_empty_dataset_at_the_data_root_field(page, studio, tmp_path):
+def test_start_refuses_an_empty_dataset_at_the_data_root_field(page, studio):
     train = page["TrainTab"]
-    empty = tmp_path / "empty"
+    empty = studio.datasets_dir / "empty"
     empty.mkdir()
     values = train.form.values_of({"data_root": str(empty)})
     launch = ("auto", 1, 0, "", "")
@@ -171,8 +171,8 @@ def test_a_bad_launch_setting_is_shown_at_its_widget(page):
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("clips")
+def clips(studio) -> Path:
+    folder = studio.datasets_dir / "clips"
     for index in range(2):
         write_clip(folder / f"c{index}.mp4", frames=13, height=64, width=96, seed=index)
         (folder / f"c{index}.txt").write_text(f"a square {index}\n")
@@ -210,9 +210,9 @@ def test_a_folder_upload_keeps_its_sub_folders_and_says_what_arrived(tmp_path):
     assert upload_paths(files[:2], ["x/other.mp4", "x/a.txt"]) == [Path("a.mp4"), Path("a.txt")]
 
 
-def test_captions_confirm_and_find_replace_edits_the_table_until_saved(page, tmp_path):
+def test_captions_confirm_and_find_replace_edits_the_table_until_saved(page, studio):
     dataset = page["DatasetTab"]
-    folder = tmp_path / "captions"
+    folder = studio.datasets_dir / "captions"
     write_clip(folder / "a.mp4", 9, 32, 32, seed=1)
     (folder / "a.txt").write_text("a red square")
     table = pd.DataFrame([["a.mp4", "a red square"]], columns=["file", "caption"])
@@ -382,9 +382,15 @@ def test_preview_takes_the_newest_finished_runs_validation_settings(page, studio
     assert settings == ["/models/tiny", "a square", 9, 48, 32, 4]
 
 
-def test_side_by_side_names_sit_above_the_panels():
+def test_side_by_side_names_fit_small_panels_and_sit_above_them():
+    import numpy as np
+
+    from core.infer import _label
     from ui.preview_tab import panel_labels_html
 
+    panel = _label(np.zeros((1, 32, 32, 3), np.uint8), "LoRA x0.75")[0]
+    lit = np.nonzero((panel[..., 0] > 60).any(axis=0))[0]  # the caption's columns
+    assert lit.size and lit.max() < 30  # it ends inside the 32-pixel panel, with its margin
     assert panel_labels_html(["base", "LoRA x0.75"]).count("<span>") == 2
     assert panel_labels_html(["LoRA"]) == ""
 
