@@ -354,7 +354,23 @@ def test_an_idle_tick_redraws_nothing_and_never_undoes_the_chosen_run(page, stud
     assert "choices" in selector.constructor_args and "value" not in selector.constructor_args
 
 
-def test_timers_start_off_and_a_refused_start_switches_nothing(page):
+def test_duplicate_opens_the_train_tab_with_the_run_settings_under_a_new_name(page, studio):
+    from jobs.spec import JobSpec
+
+    blocks, train = page["blocks"], page["TrainTab"]
+    job = train_job(studio, "original", status="succeeded")
+    spec = JobSpec(name="original", train={"train_steps": 77, "data_root": "/data"})
+    (Path(job.job_dir) / "spec.json").write_text(spec.model_dump_json())
+    duplicate = next(fn for fn in blocks.fns.values() if fn.name == "duplicate")
+    tabs, timer, name, *values = duplicate.fn(job.id)
+    assert (
+        tabs.constructor_args == {"selected": "train"} and timer.constructor_args["active"] is False
+    )
+    assert name == "original (copy)"
+    assert values[train.form.fields.index("train_steps")] == 77
+
+
+def test_every_timer_of_the_page_starts_off(page):
     assert not page["RunsTab"].timer.active
     assert not page["PreviewTab"].timer.active
     assert not page["PublishTab"].timer.active
