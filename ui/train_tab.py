@@ -412,7 +412,11 @@ class TrainTab:
         family = advice.family or "5b"
         mine, processes = needs[family], advice.processes
         peak = mine.peak_gb(processes)
-        basis = mine.source()
+        basis = (
+            "measured in the reference guide"
+            if mine.basis == "measured"
+            else f"an estimate from parameter counts: {mine.how}"
+        )
         during = f", {peak:.0f} GB while validating" if mine.validation_gb else ""
         unknown = "" if advice.family else " The model is not one we know: sized as the 5B."
         lines.append(
