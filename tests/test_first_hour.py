@@ -428,16 +428,10 @@ def test_the_form_and_preset_come_back_after_a_restart(page, studio):
 def test_a_reopened_page_lands_on_a_run_under_way(page, studio):
     blocks, runs = page["blocks"], page["RunsTab"]
     restore = next(fn for fn in blocks.fns.values() if fn.name == "restore")
-    import psutil
+    from tests.job_folders import run_as_sleeper
 
     job = train_job(studio, "under way", status="running")
-    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    studio.runner.store.update(
-        job.id,
-        pid=sleeper.pid,
-        pgid=sleeper.pid,
-        proc_start=psutil.Process(sleeper.pid).create_time(),
-    )
+    sleeper = run_as_sleeper(studio.runner, job)
     try:
         outputs = restore.fn("9x32x32")
         tabs = outputs[
