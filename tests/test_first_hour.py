@@ -263,13 +263,13 @@ def test_the_card_names_the_trigger_word_and_links_samples_the_app_serves(tmp_pa
 # ---- 6. the Train tab ----------------------------------------------------------------------
 
 
-def test_the_column_fields_show_only_for_layouts_that_have_columns(page, clips, tmp_path):
+def test_the_column_fields_show_only_for_layouts_that_have_columns(page, clips, studio):
     from core.data.synthetic import make_reference_dataset
 
     train = page["TrainTab"]
     pairs = train.layout_fields(str(clips), "auto", "prompt.txt", "videos.txt")
     assert [update["visible"] for update in pairs] == [False, False]
-    reference = make_reference_dataset(tmp_path / "reference", count=1)
+    reference = make_reference_dataset(studio.datasets_dir / "reference", count=1)
     listed = train.layout_fields(str(reference), "auto", "prompt.txt", "videos.txt")
     assert [update["visible"] for update in listed] == [True, True]
 
