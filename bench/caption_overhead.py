@@ -31,8 +31,8 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args()
 
-    from core.captioner import DEFAULT_PROMPT, Captioner
-    from core.data.autocaption import CaptionSettings, caption_folder
+    from core.captioner import Captioner
+    from core.data.autocaption import DEFAULT_PROMPT, CaptionSettings, caption_folder
     from core.data.preparation import Reporter
     from core.data.synthetic import write_clip
     from core.tiny_captioner import build_tiny_captioner

@@ -455,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from core.config import parse_bucket
-    from core.models.cogvideox import ModelSource, family_rules
+    from core.models.registry import identify
+    from core.models.source import ModelSource
 
     bucket = parse_bucket(args.bucket or ("49x480x720" if args.scale == "full" else "9x32x32"))
     trainings = args.training or list(TRAINING_TYPES)
@@ -476,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     for family in args.family:
         model = model_for(family, args.scale, args.device, workdir)
         transformer = json.loads((model / "transformer" / "config.json").read_text())
-        tokens = family_rules(ModelSource(str(model))).video_tokens(*bucket)
+        tokens = identify(ModelSource(str(model))).rules.video_tokens(*bucket)
         flops = 3 * forward_flops(transformer, tokens)
         for training_key in trainings:
             training = TRAINING_TYPES[training_key]

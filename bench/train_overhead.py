@@ -73,12 +73,12 @@ def bare_seconds_per_step(model: Path, data: Path, steps: int) -> float:
     import torch
     from peft import LoraConfig
 
-    from core.data.dataset import load_clip, prepare_samples
-    from core.models import cogvideox as family
-
-    source = family.ModelSource(str(model))
-    rules = family.family_rules(source)
     from core.config import make_config
+    from core.data.dataset import load_clip, prepare_samples
+    from core.models.registry import identify, open_family
+    from core.models.source import ModelSource
+
+    family = open_family(identify(ModelSource(str(model))))
 
     prepared = prepare_samples(
         make_config(
@@ -89,16 +89,16 @@ def bare_seconds_per_step(model: Path, data: Path, steps: int) -> float:
             }
         )
     )
-    tokenizer = family.load_tokenizer(source)
-    text_encoder = family.load_text_encoder(source, torch.float32)
-    vae = family.load_vae(source, torch.float32)
+    tokenizer = family.load_tokenizer()
+    text_encoder = family.load_text_encoder(torch.float32)
+    vae = family.load_vae(torch.float32)
     device = torch.device("cpu")
     embeds = [
         family.encode_prompts(tokenizer, text_encoder, [s.caption], device)[0]
         for s in prepared.samples
     ]
-    latents = [family.encode_videos(vae, load_clip(s).unsqueeze(0))[0] for s in prepared.samples]
-    transformer = family.load_transformer(source, torch.float32)
+    media = [family.encode_media(vae, load_clip(s).unsqueeze(0)) for s in prepared.samples]
+    transformer = family.load_transformer(torch.float32)
     transformer.requires_grad_(False)
     transformer.add_adapter(
         LoraConfig(
@@ -113,16 +113,15 @@ def bare_seconds_per_step(model: Path, data: Path, steps: int) -> float:
     optimizer = torch.optim.AdamW(
         parameters, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=1e-4
     )
-    alphas = family.load_scheduler(source).alphas_cumprod.float()
-    rotary = family.RotaryCache(transformer.config, device)
+    loss_fn = family.loss_function(
+        family.load_scheduler(), transformer.config, device, torch.float32
+    )
     generator = torch.Generator().manual_seed(0)
     stamps = []
     for step in range(steps):
-        index = step % len(latents)
-        sampled = family.sample_latents(latents[index][None], rules, [generator])
-        loss = family.training_loss(
-            transformer, alphas, sampled, embeds[index][None], [generator], rotary, torch.float32
-        )
+        index = step % len(media)
+        conditions = {"prompt_embeds": embeds[index][None], **media[index]}
+        loss = loss_fn(transformer, conditions, [generator])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()

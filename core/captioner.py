@@ -20,15 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.data.autocaption import DEFAULT_MODEL, DEFAULT_PROMPT
 from core.errors import UserError
 
-DEFAULT_MODEL = "Qwen/Qwen3-VL-8B-Instruct"
-DEFAULT_PROMPT = (
-    "Describe this video for a text-to-video model, in one paragraph of 50 to 100 words: the "
-    "main subject and what it looks like, how it moves and what changes over time, how the "
-    "camera moves, and the setting, light and style. Begin with the subject; do not mention "
-    "frames, images or the video itself."
-)
 SUPPORTED_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 MAX_NEW_TOKENS = 200  # the text encoder reads 226 T5 tokens; a caption stays under that
 FRAME_PIXELS = 360 * 640  # each frame is scaled down to at most this area: ~225 tokens a frame

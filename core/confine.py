@@ -14,13 +14,10 @@ not confined. Torch-free: the web process calls this.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from core.errors import UserError
-
-# owner/name, as the Hub spells repository ids.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+from core.models.source import is_hub_id
 
 
 class OutsideWorkspace(UserError):
@@ -29,10 +26,7 @@ class OutsideWorkspace(UserError):
 
 def names_local_path(value: str) -> bool:
     """Whether a model setting names a server path rather than a Hub repository."""
-    text = value.strip()
-    if text.startswith(("/", "~", ".", "\\")) or Path(text).expanduser().exists():
-        return True
-    return not _HUB_ID.match(text)
+    return not is_hub_id(value.strip())
 
 
 def absolute_model_or_path(value: str | None) -> str | None:

@@ -93,6 +93,21 @@ def _license(base: str, hub_base: bool) -> list[str]:
     return ["license: other"]  # the text says it follows the base model
 
 
+def _card_code(base: str, repo_id: str, lora: bool, prompt: str, config: dict) -> list[str]:
+    """The snippet, from the base model's family (its configs if at hand, else its Hub id)."""
+    from core.models.registry import DEFAULT_FAMILY, spec_module, variant_at_hand
+
+    family, variant, _ = variant_at_hand(base)
+    return spec_module(family or DEFAULT_FAMILY).card_code(
+        variant,
+        base,
+        repo_id,
+        lora,
+        prompt,
+        ignore_learned_positions=bool(config.get("ignore_learned_positional_embeddings")),
+    )
+
+
 def build_model_card(
     run_dir: str | Path, repo_id: str, sample_link: Callable[[Path], str] | None = None
 ) -> str:
@@ -162,33 +177,7 @@ def build_model_card(
         lines += ["", "## Samples", ""]
         link = sample_link or (lambda path: path.relative_to(run_dir).as_posix())
         lines += [f"- [{p.stem} ({p.parent.name})]({link(run_dir / p)})" for p in samples]
-    code = ["import torch"]
-    if lora:
-        code += ["from diffusers import CogVideoXPipeline"]
-    else:
-        code += ["from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel"]
-    code += ["from diffusers.utils import export_to_video", ""]
-    if not lora:
-        code += [
-            "transformer = CogVideoXTransformer3DModel.from_pretrained(",
-            f'    "{repo_id}", subfolder="transformer", torch_dtype=torch.bfloat16',
-            ")",
-        ]
-    code += [
-        "pipe = CogVideoXPipeline.from_pretrained(",
-        f'    "{base}", torch_dtype=torch.bfloat16' + ("" if lora else ", transformer=transformer"),
-        ').to("cuda")',
-    ]
-    if lora:
-        code += [
-            f'pipe.load_lora_weights("{repo_id}", adapter_name="cogvideox-lora")',
-            'pipe.set_adapters(["cogvideox-lora"], [0.75])',
-        ]
-    code += [
-        "",
-        f"video = pipe({json.dumps(example)}).frames[0]",
-        'export_to_video(video, "output.mp4")',
-    ]
+    code = _card_code(base, repo_id, lora, example, config)
     lines += ["", "## Use it with diffusers", "", "```python", *code, "```", ""]
     return "\n".join(lines)
 

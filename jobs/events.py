@@ -97,6 +97,7 @@ class RunSummary:
     validations: dict[int, list[str]] = field(default_factory=dict)
     checkpoints: list[str] = field(default_factory=list)
     progress: tuple[str, int, int] | None = None
+    preparation_rate: tuple[float, float | None] | None = None  # (a minute, ETA s): split, caption
     dataset: dict | None = None
     final: str | None = None  # "done" | "failed" | "stopped"
     final_message: str | None = None
@@ -123,6 +124,7 @@ class RunSummary:
 
     def _on_progress(self, event) -> None:
         self.progress = (event.phase, event.done, event.total)
+        self.preparation_rate = (event.per_minute, event.eta_seconds) if event.per_minute else None
 
     def _on_stage(self, event) -> None:
         self.stages[event.stage] = event.memory

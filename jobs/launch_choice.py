@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from core.errors import UserError
-from core.models.source import ModelSource, read_component_config
+from core.models.registry import spec_module, variant_at_hand
 
 ACCELERATE_DIR = Path(__file__).resolve().parents[1] / "assets" / "accelerate"
 AUTOMATIC = "auto"
@@ -151,31 +150,18 @@ class ModelKind:
 
 
 def model_kind(name_or_path: str | None) -> ModelKind:
-    """The family of a base model, from its local transformer config or else its Hub id."""
-    if not name_or_path:
+    """The family of a base model as the memory table sizes it: from its configs (the model
+    family layer's rules) when they are at hand, else from its Hub id."""
+    family, variant, transformer = variant_at_hand(name_or_path)
+    if variant is None:
         return ModelKind(None)
-    source = ModelSource(name_or_path)
-    if source.is_local:
-        try:
-            config = read_component_config(source, "transformer")
-        except (UserError, ValueError):
-            return ModelKind(None)
-        width = int(config.get("num_attention_heads", 0)) * int(config.get("attention_head_dim", 0))
-        if config.get("patch_size_t"):
-            family: Family = "1.5"
-        elif config.get("use_rotary_positional_embeddings"):
-            family = "5b"
-        else:
-            family = "2b"
-        return ModelKind(family, tiny=0 < width < 1024)
-    name = name_or_path.lower()
-    if "1.5" in name:
-        return ModelKind("1.5")
-    if "5b" in name:
-        return ModelKind("5b")
-    if "2b" in name:
-        return ModelKind("2b")
-    return ModelKind(None)
+    size = spec_module(family).size_class(variant)
+    width = 0
+    if transformer is not None:
+        width = int(transformer.get("num_attention_heads", 0)) * int(
+            transformer.get("attention_head_dim", 0)
+        )
+    return ModelKind(size if size in FAMILIES else None, tiny=0 < width < 1024)
 
 
 # ---- the configs -------------------------------------------------------------------------------

@@ -247,12 +247,34 @@ class JobSpec(BaseModel):
     def processes(self) -> int:
         return self.launch.num_processes or max(1, len(self.gpu_ids))
 
+    @property
+    def single_cpu_process(self) -> bool:
+        """One trainer process on this machine's CPU, no accelerate config: it runs as a plain
+        Python module with the environment `accelerate launch --cpu` would give it. The launcher
+        would be one more interpreter importing torch, seconds before the first step."""
+        return (
+            self.kind == "train"
+            and not self.gpu_ids
+            and self.processes == 1
+            and self.launch.num_machines == 1
+            and not self.launch.config_file
+        )
+
     def launch_env(self) -> dict[str, str]:
         """Environment the launch needs: CPU runs tell accelerate to use gloo on the CPU.
 
         Not under DeepSpeed: that flag would make accelerate drop DeepSpeed for plain data
         parallel; the trainer names gloo for DeepSpeed's ranks itself.
         """
+        if self.single_cpu_process:  # what accelerate's simple launcher sets, flag by flag
+            return {
+                "ACCELERATE_USE_CPU": "True",
+                "ACCELERATE_MIXED_PRECISION": self.launch.mixed_precision or "no",
+                "ACCELERATE_DYNAMO_BACKEND": "NO",
+                "OMP_NUM_THREADS": str(os.cpu_count() or 1),
+                "KMP_AFFINITY": "granularity=fine,compact,1,0",
+                "KMP_BLOCKTIME": "1",
+            }
         return {} if self.gpu_ids or self.deepspeed else {"ACCELERATE_USE_CPU": "1"}
 
     def _torchrun_argv(self) -> list[str]:
@@ -279,7 +301,10 @@ class JobSpec(BaseModel):
         return argv
 
     def launch_argv(self) -> list[str]:
-        """`accelerate launch` and its flags, up to the module it runs."""
+        """`accelerate launch` and its flags, up to the module it runs (the interpreter alone
+        for a single CPU process)."""
+        if self.single_cpu_process:
+            return [sys.executable]
         launch = self.launch
         cpu_ranks = self.processes > 1 or launch.num_machines > 1
         if not self.gpu_ids and cpu_ranks and not self.deepspeed:
@@ -360,6 +385,8 @@ class JobSpec(BaseModel):
     def show_command(self, spec_path: str | Path | None = None) -> str:
         argv = self.to_argv(spec_path)
         argv[0] = Path(argv[0]).name if self.kind == "train" else "python"
+        if self.kind == "train" and self.single_cpu_process:
+            argv = ["ACCELERATE_USE_CPU=true", "python", *argv[1:]]  # as the runner starts it
         return shlex.join(argv)
 
     def node_commands(self) -> list[str]:

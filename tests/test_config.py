@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from core.config import TrainConfig, build_parser, parse_args, to_argv
+from core.config import TrainConfig, build_parser, make_config, parse_args, to_argv
 from core.errors import UserError
 
 REFERENCE_FLAGS = """
@@ -82,3 +82,36 @@ def test_every_field_has_a_flag_with_help_and_a_group():
         assert name in flags
         assert info.description, name
         assert (info.json_schema_extra or {}).get("group"), name
+
+
+@pytest.mark.parametrize(
+    ("settings", "flag", "sentence"),
+    [
+        (
+            {"training_type": "full-finetune", "layerwise_upcasting_modules": ["transformer"]},
+            "layerwise_upcasting_modules",
+            "fp8 storage works with --training_type lora only",
+        ),
+        ({"offload_activations": True}, "offload_activations", "add --gradient_checkpointing"),
+        (
+            {"use_8bit_bnb": True, "optimizer_implementation": "fused"},
+            "optimizer_implementation",
+            "leave it at auto",
+        ),
+    ],
+    ids=["fp8-with-full-finetune", "offload-without-checkpointing", "8bit-with-fused"],
+)
+def test_settings_that_cannot_work_together_are_refused_by_the_config(settings, flag, sentence):
+    """Rules between two settings live in TrainConfig: the CLI, a job spec and the form refuse
+    them at once, in one sentence that names the flag the form shows the error beside."""
+    from jobs.spec import make_spec
+    from ui.form import field_of_error
+
+    with pytest.raises(UserError) as raised:
+        make_config(settings)
+    message = str(raised.value)
+    assert message.startswith(f"--{flag}") and sentence in message and "\n" not in message
+    assert field_of_error(raised.value) == flag
+    with pytest.raises(UserError) as from_spec:
+        make_spec(name="run", train=settings)
+    assert str(from_spec.value) == message

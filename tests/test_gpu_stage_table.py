@@ -23,7 +23,7 @@ def bench():
 
 
 def test_flops_of_a_5b_step_at_the_reference_shape(bench):
-    from core.models.cogvideox import FamilyRules
+    from core.models.cogvideox_spec import FamilyRules
 
     # The 5B transformer at 49x480x720: 17,550 video tokens + 226 text tokens, 42 blocks of 3072.
     config = {

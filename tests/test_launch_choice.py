@@ -128,13 +128,21 @@ def test_a_local_folder_is_recognised_by_its_transformer_config(tmp_path):
             "use_rotary_positional_embeddings": True,
             "patch_size_t": 2,
         },
+        # Image-to-video: the image's latents double the input channels; sized as its sibling.
+        "5b-i2v": {
+            "num_attention_heads": 48,
+            "attention_head_dim": 64,
+            "use_rotary_positional_embeddings": True,
+            "in_channels": 32,
+            "out_channels": 16,
+        },
     }
-    for family, config in configs.items():
-        (tmp_path / family / "transformer").mkdir(parents=True)
-        (tmp_path / family / "transformer" / "config.json").write_text(json.dumps(config))
-        kind = model_kind(str(tmp_path / family))
-        assert kind.family == family
-        assert kind.tiny == (family == "1.5")
+    for name, config in configs.items():
+        (tmp_path / name / "transformer").mkdir(parents=True)
+        (tmp_path / name / "transformer" / "config.json").write_text(json.dumps(config))
+        kind = model_kind(str(tmp_path / name))
+        assert kind.family == name.removesuffix("-i2v")
+        assert kind.tiny == (name == "1.5")
     assert model_kind(str(tmp_path)).family is None  # a folder that is no model
 
 

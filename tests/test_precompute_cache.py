@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from core.events import read_events
-from core.models import cogvideox as family
+from core.models.cogvideox import CogVideoX
 from core.train import main as train_main
 
 
@@ -24,7 +24,7 @@ def encoder_calls(monkeypatch) -> Counter:
         return wrapper
 
     for name in ("encode_prompts", "encode_videos", "load_text_encoder", "load_vae"):
-        monkeypatch.setattr(family, name, counting(name, getattr(family, name)))
+        monkeypatch.setattr(CogVideoX, name, counting(name, getattr(CogVideoX, name)))
     return calls
 
 

@@ -9,10 +9,9 @@ on a split and captioned dataset is the browser flow's part (tests/browser/test_
 
 from __future__ import annotations
 
-import time
-
 from core.data.synthetic import write_long_video
 from jobs.spec import JobSpec
+from tests.test_jobs import wait_for
 
 
 def test_spec_glue_builds_the_commands_with_absolute_paths(tmp_path, monkeypatch):
@@ -37,15 +36,6 @@ def test_spec_glue_builds_the_commands_with_absolute_paths(tmp_path, monkeypatch
     assert "--prompt=-describe" in argv and "--prefix=SQR" in argv and "--overwrite" in argv
     assert "--overwrite-person" not in argv and caption.exclusive
     assert caption.show_command().startswith("python -m core.data caption ")
-
-
-def wait_until(check, timeout=300.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_split_caption_train_run_in_turn_through_the_queue(
@@ -94,7 +84,7 @@ def test_split_caption_train_run_in_turn_through_the_queue(
             runner.poll()
             return runner.store.get(job.id).status != "queued"
 
-        wait_until(started, what=f"{after.name} to start")
+        wait_for(started, timeout=300, what=f"{after.name} to start")
         previous = runner.store.get(before.id)
         assert previous.status == "succeeded", (previous.name, previous.reason)
         assert not runner._job_processes(previous), f"{before.name} still runs"

@@ -22,6 +22,7 @@ import gradio as gr
 import pandas as pd
 
 from core.errors import UserError
+from ui.dataset_prep import DatasetPreparation, caption_rows
 from ui.studio import Studio
 
 DEMO_CLIPS = [
@@ -141,6 +142,8 @@ class DatasetTab:
                     )
                     self.use_server = gr.Button("Use folder", scale=1)
                     self.demo = gr.Button("Generate demo clips", scale=1, elem_id="demo-clips")
+                self.prep = DatasetPreparation(self.studio, self)
+                self.prep.render()
             with gr.Column(scale=1):
                 self.choice = gr.Dropdown(
                     label="Dataset",
@@ -168,11 +171,12 @@ class DatasetTab:
         )
         self.gallery = gr.Gallery(label="Clips", columns=6, height=220, elem_id="clip-gallery")
         self.captions = gr.Dataframe(
-            headers=["file", "caption"],
+            headers=["file", "caption", "written by"],
             label="Captions: edit them in the table, then Save captions",
             interactive=True,
+            static_columns=[0, 2],
             elem_id="caption-table",
-            column_widths=["30%", "70%"],
+            column_widths=["25%", "63%", "12%"],
         )
         with gr.Row(equal_height=True):
             self.save = gr.Button(
@@ -202,12 +206,16 @@ class DatasetTab:
             data_root_widget,
             self.use_bucket,
         ]
+        self.prep.wire()
         private = {"api_visibility": "private"}
+        # Carries the folder upload's paths from the page script (a State never reaches it).
+        self.folder_paths = gr.Textbox(visible=False)
         for upload, js in ((self.folder, FOLDER_PATHS_JS), (self.zip, None), (self.files, None)):
             # The upload box empties itself afterwards, ready for the next one.
+            paths = self.folder_paths if upload is self.folder else gr.State("")
             upload.upload(
                 self.import_upload,
-                [upload, self.name, buckets_widget, gr.State("")],
+                [upload, self.name, buckets_widget, paths],
                 [self.choice, *self.view, upload],
                 js=js,
                 **private,
@@ -238,8 +246,15 @@ class DatasetTab:
             [self.captions, self.caption_message],
             **private,
         )
-        # One trigger word: typing it here sets the run's, and the run's shows here.
-        self.trigger.input(lambda word: word, [self.trigger], [trigger_widget], **private)
+        # One trigger word: typed here it sets the run's once the field is left (not on each
+        # key, which would race the echo below), and the run's always shows here.
+        gr.on(
+            [self.trigger.blur, self.trigger.submit],
+            lambda word: word,
+            [self.trigger],
+            [trigger_widget],
+            **private,
+        )
         trigger_widget.change(lambda word: word, [trigger_widget], [self.trigger], **private)
 
     # ---- handlers --------------------------------------------------------------------------
@@ -408,7 +423,7 @@ class DatasetTab:
             thumb = thumbnail(root / row.file, root)
             if thumb:
                 gallery.append((str(thumb), f"{row.file}: {row.caption[:80]}"))
-        captions = [[name, text] for name, text in read_captions(root).items()]
+        captions = caption_rows(root, read_captions(root))
         message = _message(_error, "error") if _error else _message(note)
         return message, summary, chart, skipped, gallery, captions, folder, suggestion
 

@@ -85,7 +85,16 @@ def build_page(studio: Studio) -> gr.Blocks:
         for other in (dataset_tab, train_tab, preview_tab, publish_tab):
             other.select(lambda: gr.Timer(active=False), None, [runs.timer], **private)
         preview_tab.select(
-            preview.opened, [preview.run], [preview.run, *preview.settings], **private
+            preview.opened,
+            [
+                preview.run,
+                widgets["pretrained_model_name_or_path"],
+                widgets["validation_prompts"],
+                widgets["video_resolution_buckets"],
+                preview.base,
+            ],
+            [preview.run, *preview.settings],
+            **private,
         )
         publish_tab.select(
             lambda current: gr.Dropdown(

@@ -9,6 +9,7 @@ client are imported by the handlers that use them: building the page needs neith
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 from pydantic import ValidationError
 
-from core.config import describe_validation_error
+from core.config import describe_validation_error, parse_bucket
 from core.errors import UserError
 from ui.studio import Studio
 
@@ -93,7 +94,17 @@ class PreviewTab:
         self.settings = [self.base, self.prompt, self.frames, self.height, self.width, self.steps]
         private = {"api_visibility": "private"}
         self.run.input(self.pick_run, [self.run], self.settings, **private)
+        # "Generating…" at once (no queue), then the request, which may first wait for the
+        # demo model to finish building.
         self.generate.click(
+            lambda: _message("Generating…"),
+            None,
+            [self.status],
+            queue=False,
+            show_progress="hidden",
+            trigger_mode="once",
+            **private,
+        ).then(
             self.start,
             [
                 self.run,
@@ -112,7 +123,6 @@ class PreviewTab:
             ],
             [self.ticket, self.status, self.panels, self.timer],
             **private,
-            trigger_mode="once",
         )
         self.timer.tick(
             self.poll,
@@ -129,15 +139,29 @@ class PreviewTab:
             if job.kind == "train" and job.status == "succeeded"
         ]
 
-    def opened(self, current: str | None):
+    def opened(self, current: str | None, model: str, prompts: str, buckets: str, base: str):
         """The tab is open: the finished runs, the newest one chosen (with its settings) unless
-        one still is."""
+        one still is. With no finished run yet, the Train tab's base model, first validation
+        prompt and first bucket: what the run would start from."""
         choices = self.run_choices()
         if current and any(value == current for _, value in choices):
             return (gr.Dropdown(choices=choices), *[gr.skip()] * len(self.settings))
-        newest = choices[0][1] if choices else None
-        settings = self.pick_run(newest) if newest else (gr.skip(),) * len(self.settings)
-        return (gr.Dropdown(choices=choices, value=newest), *settings)
+        if choices:
+            newest = choices[0][1]
+            return (gr.Dropdown(choices=choices, value=newest), *self.pick_run(newest))
+        if base and base.strip():  # typed in already: the user's, not ours to replace
+            return (gr.Dropdown(choices=choices), *[gr.skip()] * len(self.settings))
+        prompt = next((line.strip() for line in (prompts or "").splitlines() if line.strip()), "")
+        shape = [gr.skip()] * 3  # unless the first bucket is one (the Train tab says if not)
+        with contextlib.suppress(ValueError, IndexError):
+            shape = list(parse_bucket((buckets or "").split()[0]))
+        return (
+            gr.Dropdown(choices=choices),
+            model or gr.skip(),
+            prompt or gr.skip(),
+            *shape,
+            gr.skip(),
+        )
 
     def pick_run(self, job_id: str):
         job = self.studio.runner.store.get(job_id) if job_id else None
@@ -203,6 +227,10 @@ class PreviewTab:
             return None, _message(text, "error"), "", idle
         if not prompt.strip():
             return None, _message("Write a prompt first.", "error"), "", idle
+        try:
+            self.studio.wait_for_model(base)  # the demo preset's model may still be building
+        except UserError as error:
+            return None, _message(str(error), "error"), "", idle
         warm = find_worker(self.studio.runner, list(gpus or [])) is not None
         ticket = request_preview(self.studio.runner, request, list(gpus or []), busy_gpu)
         note = (

@@ -20,9 +20,12 @@ from core.events import stage_after_epoch
 from core.models.source import DOWNLOAD_PHASE
 from jobs.gpus import list_gpus
 from jobs.runner import JobError, log_tail
+from jobs.spec import PREPARATION_KINDS
 from jobs.store import ACTIVE, Job
 from ui.studio import Studio
 
+# Jobs with a run view (Stop, Resume and the log): training, and dataset preparation.
+RUN_VIEW_KINDS = ("train", *PREPARATION_KINDS)
 STATUS_COLOURS = {
     "succeeded": "#1a7f37",
     "failed": "#cf222e",
@@ -225,14 +228,14 @@ class RunsTab:
         row = evt.row_value if isinstance(evt.row_value, list) else []
         job_id = str(row[-1]) if row else None
         job = self.studio.runner.store.get(job_id) if job_id else None
-        if job is None or job.kind != "train":
+        if job is None or job.kind not in RUN_VIEW_KINDS:
             return [gr.skip()] * len(self.view)  # previews and pushes have no run view
         return self.refresh(job_id, None)
 
     def refresh(self, job_id: str | None, shown: dict | None, jobs: list[Job] | None = None):
         """Every output of the view; those that show what they showed already are skipped."""
         jobs = self.studio.heartbeat() if jobs is None else jobs
-        train_jobs = [job for job in jobs if job.kind == "train"]
+        train_jobs = [job for job in jobs if job.kind in RUN_VIEW_KINDS]
         if job_id is None or all(job.id != job_id for job in train_jobs):
             job_id = train_jobs[0].id if train_jobs else None
         job = next((j for j in train_jobs if j.id == job_id), None)
@@ -328,10 +331,15 @@ class RunsTab:
     @staticmethod
     def _header(job: Job, summary) -> str:
         colour = STATUS_COLOURS.get(job.status, "#6e7781")
+        step, total, eta_seconds = summary.step, summary.total_steps, summary.eta_seconds
+        unit = "step"
+        if job.kind in PREPARATION_KINDS:  # clips done of clips to do, from the store
+            step, total, unit = job.last_step, job.total_steps, "clip"
+            eta_seconds = (summary.preparation_rate or (None, None))[1]
         progress = 0.0
-        if summary.total_steps:
-            progress = min(1.0, summary.step / summary.total_steps)
-        eta = f" · ETA {_duration(summary.eta_seconds)}" if job.status == "running" else ""
+        if total:
+            progress = min(1.0, step / total)
+        eta = f" · ETA {_duration(eta_seconds)}" if job.status == "running" else ""
         phase = ""
         if summary.progress and job.status == "running":
             phase = f" · {html.escape(_phase_text(*summary.progress))}"
@@ -341,13 +349,13 @@ class RunsTab:
             when += f", resumed {_clock(job.started)}"
         header = (
             f'<div class="run-header"><span class="status" style="background:{colour}">'
-            f"{job.status}</span> <b>{html.escape(job.name)}</b> · step {summary.step}"
-            f"/{summary.total_steps or '?'}{eta}{phase}"
+            f"{job.status}</span> <b>{html.escape(job.name)}</b> · {unit} {step}"
+            f"/{total or '?'}{eta}{phase}"
             f'<span class="when">{when}</span>'
             f'<div class="bar"><div style="width:{progress * 100:.1f}%"></div></div>'
         )
         if job.status == "queued" and job.reason:
-            header += f'<div class="studio-info">{html.escape(job.reason.capitalize())}.</div>'
+            header += f'<div class="studio-info">{html.escape(_sentence(job.reason))}.</div>'
         elif job.reason and job.status in ("failed", "interrupted", "stopped"):
             kind = "error" if job.status != "stopped" else "info"
             header += f'<div class="studio-{kind}">{html.escape(job.reason)}'
@@ -449,3 +457,8 @@ def _phase_text(name: str, done: int, total: int) -> str:
     if name == DOWNLOAD_PHASE:
         return f"{name} {done / 1024**3:.1f}/{total / 1024**3:.1f} GB ({done / max(total, 1):.0%})"
     return f"{name} {done}/{total}"
+
+
+def _sentence(text: str) -> str:
+    """A reason as a sentence: its first letter capitalised, the rest (GPU, names) as it is."""
+    return text[:1].upper() + text[1:]

@@ -26,6 +26,13 @@ from core.errors import UserError
 from core.files import write_text_atomic
 
 DEFAULT_FRAMES = 8
+DEFAULT_MODEL = "Qwen/Qwen3-VL-8B-Instruct"  # README, "Automatic captions", says why
+DEFAULT_PROMPT = (
+    "Describe this video for a text-to-video model, in one paragraph of 50 to 100 words: the "
+    "main subject and what it looks like, how it moves and what changes over time, how the "
+    "camera moves, and the setting, light and style. Begin with the subject; do not mention "
+    "frames, images or the video itself."
+)
 
 
 @dataclass(frozen=True)
@@ -202,8 +209,6 @@ def run_caption(args) -> int:
             raise UserError("--batch-size: must be at least 1")
         if not 1 <= args.max_new_tokens <= 1000:
             raise UserError("--max-new-tokens: must be 1 to 1000")
-        from core.captioner import DEFAULT_MODEL, DEFAULT_PROMPT
-
         settings = CaptionSettings(
             model=args.model or DEFAULT_MODEL,
             prompt=args.prompt or DEFAULT_PROMPT,

@@ -14,17 +14,17 @@ import torch
 from core.data.cache import PrecomputeCache, cache_key, component_identity
 from core.data.dataset import Sample, load_clip
 from core.memory import free_accelerator_memory
-from core.models import cogvideox as family
+from core.models.common import DTYPES
 
 Progress = Callable[[str, int, int], None]
 
 
 class Encoders:
-    """The text encoder and VAE of a base model, loaded on first use."""
+    """The text encoder and VAE of a base model (a model family object), loaded on first use."""
 
     def __init__(
         self,
-        source: family.ModelSource,
+        family,
         tokenizer,
         device: torch.device,
         text_encoder_dtype: str,
@@ -32,7 +32,7 @@ class Encoders:
         slicing: bool,
         tiling: bool,
     ):
-        self.source = source
+        self.family = family
         self.tokenizer = tokenizer
         self.device = device
         self.text_encoder_dtype = text_encoder_dtype
@@ -46,18 +46,18 @@ class Encoders:
     @property
     def text_encoder(self):
         if self._text_encoder is None:
-            self._text_encoder = family.load_text_encoder(
-                self.source, family.DTYPES[self.text_encoder_dtype]
-            ).to(self.device)
+            self._text_encoder = self.family.load_text_encoder(DTYPES[self.text_encoder_dtype]).to(
+                self.device
+            )
             self.loads["text_encoder"] += 1
         return self._text_encoder
 
     @property
     def vae(self):
         if self._vae is None:
-            self._vae = family.load_vae(
-                self.source, family.DTYPES[self.vae_dtype], self.slicing, self.tiling
-            ).to(self.device)
+            self._vae = self.family.load_vae(DTYPES[self.vae_dtype], self.slicing, self.tiling).to(
+                self.device
+            )
             self.loads["vae"] += 1
         return self._vae
 
@@ -76,17 +76,22 @@ class Encoders:
         free_accelerator_memory(self.device)
 
     def prompt_identity(self) -> dict:
-        folder = family.component_folder(self.source, "text_encoder")
+        folder = self.family.component_folder("text_encoder")
         return {
             "text_encoder": component_identity(folder),
             "dtype": self.text_encoder_dtype,
-            "tokens": family.MAX_TEXT_TOKENS,
+            "tokens": self.family.max_text_tokens,
         }
 
     def latent_identity(self) -> dict:
-        folder = family.component_folder(self.source, "vae")
+        folder = self.family.component_folder("vae")
         # Tiling changes what the encoder computes at tile seams; slicing does not.
-        return {"vae": component_identity(folder), "dtype": self.vae_dtype, "tiling": self.tiling}
+        return {
+            "vae": component_identity(folder),
+            "dtype": self.vae_dtype,
+            "tiling": self.tiling,
+            **self.family.media_cache_parts(),
+        }
 
 
 def precompute_prompts(
@@ -106,7 +111,7 @@ def precompute_prompts(
         key = cache_key("prompt", text=prompt, **identity)
         entry = cache.load(key)
         if entry is None:
-            encoded = family.encode_prompts(
+            encoded = encoders.family.encode_prompts(
                 encoders.tokenizer, encoders.text_encoder, [prompt], encoders.device
             )[0]
             entry = {"embeds": encoded.cpu()}
@@ -116,16 +121,17 @@ def precompute_prompts(
     return embeds
 
 
-def precompute_latents(
+def precompute_media(
     samples: list[Sample],
     cache: PrecomputeCache,
     encoders: Encoders,
     progress: Progress,
     check_stop: Callable[[], None],
-) -> list[torch.Tensor]:
-    """Latent distribution parameters of each sample, from the cache or encoded and cached."""
+) -> list[dict[str, torch.Tensor]]:
+    """The named conditions each sample's media give (the clip's latent distribution, ...),
+    from the cache or encoded and cached."""
     identity = encoders.latent_identity()
-    latents = []
+    encoded = []
     progress("encoding clips", 0, len(samples))
     for index, sample in enumerate(samples):
         check_stop()
@@ -139,8 +145,9 @@ def precompute_latents(
         entry = cache.load(key)
         if entry is None:
             video = load_clip(sample).unsqueeze(0)
-            entry = {"parameters": family.encode_videos(encoders.vae, video)[0].cpu()}
+            conditions = encoders.family.encode_media(encoders.vae, video)
+            entry = {name: tensor[0].cpu() for name, tensor in conditions.items()}
             cache.save(key, entry)
-        latents.append(entry["parameters"])
+        encoded.append(entry)
         progress("encoding clips", index + 1, len(samples))
-    return latents
+    return encoded

@@ -1,11 +1,13 @@
-"""Everything CogVideoX-specific: load, encode, noise, forward, loss and sampling.
+"""CogVideoX behind the family interface: load, encode into named conditions, loss, sample, LoRA.
 
-The training loop talks to the model family only through this module (one file per family): a
-second family would be a second file with the same surface, not branches in the loop.
+One class serves every variant (see core/models/cogvideox_spec.py): the trainer, the precompute
+cache, validation and previews call its methods and never name a diffusers class themselves.
 
 Shapes: the VAE works on videos as [B, C, F, H, W]; the transformer on latents as [B, F, C, H, W].
-Latents handed to the loop are already scaled by the VAE's scaling factor and, for the 1.5 family
-(temporal patch 2), padded in front to a whole number of temporal patches, as the pipeline does.
+Named conditions of a batch (what `encode_media` returns and the loss reads):
+- `prompt_embeds` [B, 226, D]: T5 embeddings of the captions;
+- `video_latent_dist` [B, 2C, f, h, w]: the VAE posterior (mean and log-variance) of the clips,
+  kept rather than one sample so every step draws a fresh latent, as the reference trainers do.
 """
 
 from __future__ import annotations
@@ -17,193 +19,280 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from core.errors import UserError
-from core.models.source import ModelSource, check_source, fetch_source, read_component_config
+from core.models.common import (
+    LORA_FILE,
+    component_folder,
+    load_component,
+    lora_target_check,
+    per_sample_randint,
+    per_sample_randn,
+)
+from core.models.registry import ModelSpec
+from core.models.source import ModelSource
 
-__all__ = ["ModelSource", "check_source", "fetch_source", "read_component_config"]
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-FP8_DTYPES = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
 MAX_TEXT_TOKENS = 226  # the transformer's max_text_seq_length; the pipeline must use the same
 
 
-def component_folder(source: ModelSource, component: str) -> Path:
-    """The local folder a component's files load from (a Hub download's snapshot folder)."""
-    if source.is_local:
-        return Path(source.location) / component
-    from huggingface_hub import snapshot_download
+class CogVideoX:
+    """CogVideoX text-to-video (2b, 5b, 1.5) behind the family interface."""
 
-    snapshot = snapshot_download(
-        source.name, revision=source.revision, allow_patterns=[f"{component}/*"]
-    )
-    return Path(snapshot) / component
+    max_text_tokens = MAX_TEXT_TOKENS
 
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.rules = spec.rules
+        self.source: ModelSource = spec.source
 
-def _load(loader, source: ModelSource, component: str, **kwargs):
-    try:
-        return loader.from_pretrained(
-            source.location, subfolder=component, **source.kwargs(), **kwargs
+    # ---- loading ----------------------------------------------------------------------------
+
+    def component_folder(self, component: str) -> Path:
+        return component_folder(self.source, component)
+
+    def load_tokenizer(self):
+        from transformers import T5Tokenizer
+
+        return load_component(T5Tokenizer, self.source, "tokenizer")
+
+    def load_text_encoder(self, dtype: torch.dtype):
+        from transformers import T5EncoderModel
+
+        model = load_component(T5EncoderModel, self.source, "text_encoder", dtype=dtype)
+        return model.requires_grad_(False).eval()
+
+    def load_vae(self, dtype: torch.dtype, slicing: bool = False, tiling: bool = False):
+        from diffusers import AutoencoderKLCogVideoX
+
+        vae = load_component(AutoencoderKLCogVideoX, self.source, "vae", dtype=dtype)
+        if slicing:
+            vae.enable_slicing()
+        if tiling:
+            vae.enable_tiling()
+        return vae.requires_grad_(False).eval()
+
+    def load_transformer(self, dtype: torch.dtype, weights: bool = True):
+        """The checkpoint's transformer; with `weights=False`, randomly initialised from its
+        config (what a fake-tensor memory model builds: the same modules, no file read)."""
+        from diffusers import CogVideoXTransformer3DModel
+
+        if weights:
+            return load_component(
+                CogVideoXTransformer3DModel, self.source, "transformer", dtype=dtype
+            )
+        config = CogVideoXTransformer3DModel.load_config(
+            self.source.location, subfolder="transformer", **self.source.kwargs()
         )
-    except (OSError, ValueError) as error:
-        raise UserError(
-            f"--pretrained_model_name_or_path: could not load the {component} of "
-            f"{source.name} ({str(error).splitlines()[0][:200]})"
-        ) from None
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)  # built in the dtype: `.to` can't swap fake parameters
+        try:
+            return CogVideoXTransformer3DModel.from_config(config)
+        finally:
+            torch.set_default_dtype(previous)
 
+    def load_transformer_folder(self, folder: Path, dtype: torch.dtype):
+        """A finetuned transformer saved by a full-finetune run."""
+        from diffusers import CogVideoXTransformer3DModel
 
-def load_tokenizer(source: ModelSource):
-    from transformers import T5Tokenizer
+        return CogVideoXTransformer3DModel.from_pretrained(folder, dtype=dtype)
 
-    return _load(T5Tokenizer, source, "tokenizer")
+    def load_scheduler(self):
+        from diffusers import CogVideoXDPMScheduler
 
+        return load_component(CogVideoXDPMScheduler, self.source, "scheduler")
 
-def load_text_encoder(source: ModelSource, dtype: torch.dtype):
-    from transformers import T5EncoderModel
+    def sampling_scheduler(self, scheduler):
+        """The scheduler validation samples with: the checkpoint's DPM settings, a fresh state."""
+        from diffusers import CogVideoXDPMScheduler
 
-    model = _load(T5EncoderModel, source, "text_encoder", dtype=dtype)
-    return model.requires_grad_(False).eval()
+        return CogVideoXDPMScheduler.from_config(scheduler.config)
 
+    # ---- conditions -------------------------------------------------------------------------
 
-def load_vae(source: ModelSource, dtype: torch.dtype, slicing: bool = False, tiling: bool = False):
-    from diffusers import AutoencoderKLCogVideoX
+    @torch.no_grad()
+    def encode_prompts(
+        self, tokenizer, text_encoder, prompts: list[str], device: torch.device
+    ) -> torch.Tensor:
+        """T5 embeddings [B, 226, D] padded to the transformer's text length, as the pipeline
+        does."""
+        tokens = tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=MAX_TEXT_TOKENS,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        return text_encoder(tokens.input_ids.to(device))[0]
 
-    vae = _load(AutoencoderKLCogVideoX, source, "vae", dtype=dtype)
-    if slicing:
-        vae.enable_slicing()
-    if tiling:
-        vae.enable_tiling()
-    return vae.requires_grad_(False).eval()
+    def count_prompt_tokens(self, tokenizer, prompt: str) -> int:
+        return len(tokenizer(prompt, add_special_tokens=True).input_ids)
 
+    @torch.no_grad()
+    def encode_videos(self, vae, videos: torch.Tensor) -> torch.Tensor:
+        """Videos [B, F, C, H, W] in [-1, 1] to the VAE's latent distribution parameters."""
+        videos = videos.to(device=vae.device, dtype=vae.dtype).permute(0, 2, 1, 3, 4)
+        return vae.encode(videos).latent_dist.parameters
 
-def load_transformer(source: ModelSource, dtype: torch.dtype):
-    from diffusers import CogVideoXTransformer3DModel
+    def encode_media(
+        self,
+        vae,
+        videos: torch.Tensor,
+        images: torch.Tensor | None = None,
+        generators: list[torch.Generator] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The named conditions a batch of clips [B, F, 3, H, W] gives, except the prompts."""
+        return {"video_latent_dist": self.encode_videos(vae, videos)}
 
-    return _load(CogVideoXTransformer3DModel, source, "transformer", dtype=dtype)
+    def media_cache_parts(self) -> dict[str, Any]:
+        """What besides the clip, its frames and the VAE decides `encode_media`'s result."""
+        return {"conditions": ["video_latent_dist"]}
 
+    # ---- the training loss ------------------------------------------------------------------
 
-def load_scheduler(source: ModelSource):
-    from diffusers import CogVideoXDPMScheduler
+    def loss_function(
+        self, scheduler, transformer_config, device: torch.device, compute_dtype: torch.dtype
+    ) -> TrainingLoss:
+        """The training loss of this checkpoint: call it with a transformer and named conditions."""
+        alphas = scheduler.alphas_cumprod.to(device, torch.float32)
+        return TrainingLoss(
+            self.rules, alphas, RotaryCache(transformer_config, device), compute_dtype
+        )
 
-    return _load(CogVideoXDPMScheduler, source, "scheduler")
+    # ---- sampling ---------------------------------------------------------------------------
+
+    @property
+    def pipeline_class(self):
+        from diffusers import CogVideoXPipeline
+
+        return CogVideoXPipeline
+
+    def make_pipeline(self, transformer, vae, scheduler, tokenizer=None, text_encoder=None):
+        """A pipeline around already-loaded components (the text encoder may be absent)."""
+        return self.pipeline_class(
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            vae=vae,
+            transformer=transformer,
+            scheduler=scheduler,
+        )
+
+    def load_pipeline(self, dtype: torch.dtype, transformer=None):
+        """The whole base pipeline from the checkpoint (with another transformer, if given)."""
+        components = {} if transformer is None else {"transformer": transformer}
+        return self.pipeline_class.from_pretrained(
+            self.source.location, dtype=dtype, **self.source.kwargs(), **components
+        )
+
+    def render(
+        self,
+        pipeline,
+        prompt: str,
+        negative_prompt: str,
+        frames: int,
+        height: int,
+        width: int,
+        steps: int,
+        guidance: float,
+        generator: torch.Generator,
+        on_step=None,
+    ):
+        """One preview video [F, H, W, 3] in [0, 1] from a whole pipeline (its own encoders);
+        `on_step` is called after each denoising step."""
+
+        def step_end(_pipeline, _step, _timestep, tensors):
+            if on_step is not None:
+                on_step()
+            return tensors
+
+        return pipeline(
+            prompt=prompt,
+            negative_prompt=negative_prompt or None,
+            num_frames=frames,
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generator,
+            output_type="np",
+            callback_on_step_end=step_end,
+            max_sequence_length=MAX_TEXT_TOKENS,
+        ).frames[0]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pipeline,
+        prompt_embeds: torch.Tensor,
+        negative_embeds: torch.Tensor,
+        frames: int,
+        height: int,
+        width: int,
+        steps: int,
+        guidance: float,
+        generator: torch.Generator,
+    ):
+        """One video as a float array [F, H, W, 3] in [0, 1], from precomputed prompt embeddings."""
+        dtype = pipeline.transformer.dtype
+        latents = pipeline(
+            prompt_embeds=prompt_embeds.to(dtype),
+            negative_prompt_embeds=negative_embeds.to(dtype),
+            num_frames=frames,
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generator,
+            output_type="latent",
+            max_sequence_length=MAX_TEXT_TOKENS,
+        ).frames
+        # Decoded here rather than by the pipeline: the VAE may keep another dtype than the
+        # transformer (fp32 training beside a bf16 VAE), and the pipeline doesn't cast between them.
+        patch_t = pipeline.transformer.config.patch_size_t
+        latent_frames = (frames - 1) // pipeline.vae_scale_factor_temporal + 1
+        if patch_t and latent_frames % patch_t:
+            latents = latents[:, patch_t - latent_frames % patch_t :]
+        video = pipeline.decode_latents(latents.to(pipeline.vae.dtype))
+        return pipeline.video_processor.postprocess_video(video=video, output_type="np")[0]
+
+    # ---- trainable weights ------------------------------------------------------------------
+
+    def lora_target_check(self, transformer, target_modules: list[str]) -> None:
+        lora_target_check(transformer, target_modules)
+
+    def save_lora(self, folder: Path, transformer, state: dict | None = None) -> None:
+        """The transformer's LoRA as the diffusers pipeline loads it, with its adapter metadata."""
+        from peft.utils import get_peft_model_state_dict
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.pipeline_class.save_lora_weights(
+            folder,
+            transformer_lora_layers=get_peft_model_state_dict(transformer, state_dict=state),
+            # Without the adapter metadata, lora_alpha is lost on reload and outputs differ.
+            transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict(),
+        )
+
+    def read_lora(self, folder: Path) -> dict[str, torch.Tensor]:
+        """A saved LoRA as peft state-dict keys of the transformer."""
+        from safetensors.torch import load_file
+
+        state = load_file(folder / LORA_FILE)
+        return {key.removeprefix("transformer."): value for key, value in state.items()}
 
 
 # ---------------------------------------------------------------------------------------------
-# Family rules
+# Latents and the loss
 
 
-@dataclass(frozen=True)
-class FamilyRules:
-    """What the loaded checkpoint's architecture asks of the data."""
-
-    temporal_compression: int
-    spatial_compression: int
-    patch_size: int
-    patch_size_t: int | None
-    scaling_factor: float
-    rotary: bool
-
-    @property
-    def frame_step(self) -> int:
-        """Clips have frame_step*k+1 frames: 4k+1, and 8k+1 for the temporal-patch-2 family."""
-        return self.temporal_compression * (self.patch_size_t or 1)
-
-    @property
-    def family(self) -> str:
-        if self.patch_size_t:
-            return "CogVideoX1.5"
-        return "CogVideoX (5B-style, rotary)" if self.rotary else "CogVideoX (2B-style)"
-
-    def latent_frames(self, frames: int) -> int:
-        latent = (frames - 1) // self.temporal_compression + 1
-        if self.patch_size_t and latent % self.patch_size_t:
-            latent += self.patch_size_t - latent % self.patch_size_t
-        return latent
-
-    def video_tokens(self, frames: int, height: int, width: int) -> int:
-        """The transformer's tokens for one clip: one per patch of the latent video."""
-        side = self.spatial_compression * self.patch_size
-        temporal_patches = self.latent_frames(frames) // (self.patch_size_t or 1)
-        return temporal_patches * (height // side) * (width // side)
-
-
-def family_rules(source: ModelSource) -> FamilyRules:
-    transformer = read_component_config(source, "transformer")
-    vae = read_component_config(source, "vae")
-    return FamilyRules(
-        temporal_compression=int(vae.get("temporal_compression_ratio", 4)),
-        spatial_compression=2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1),
-        patch_size=int(transformer.get("patch_size", 2)),
-        patch_size_t=transformer.get("patch_size_t"),
-        scaling_factor=float(vae.get("scaling_factor", 1.15258426)),
-        rotary=bool(transformer.get("use_rotary_positional_embeddings", False)),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoding
-
-
-@torch.no_grad()
-def encode_prompts(
-    tokenizer,
-    text_encoder,
-    prompts: list[str],
-    device: torch.device,
-    max_tokens: int = MAX_TEXT_TOKENS,
-) -> torch.Tensor:
-    """T5 embeddings [B, 226, D] padded to the transformer's text length, as the pipeline does."""
-    tokens = tokenizer(
-        prompts,
-        padding="max_length",
-        max_length=max_tokens,
-        truncation=True,
-        add_special_tokens=True,
-        return_tensors="pt",
-    )
-    return text_encoder(tokens.input_ids.to(device))[0]
-
-
-def count_prompt_tokens(tokenizer, prompt: str) -> int:
-    return len(tokenizer(prompt, add_special_tokens=True).input_ids)
-
-
-@torch.no_grad()
-def encode_videos(vae, videos: torch.Tensor) -> torch.Tensor:
-    """Videos [B, F, C, H, W] in [-1, 1] to the VAE's latent distribution parameters.
-
-    The parameters (mean and log-variance, [B, 2C, f, h, w]) are kept rather than one sample,
-    so every step draws a fresh latent from the posterior, as the reference trainers do.
-    """
-    videos = videos.to(device=vae.device, dtype=vae.dtype).permute(0, 2, 1, 3, 4)
-    return vae.encode(videos).latent_dist.parameters
-
-
-def per_sample_randn(
-    shape: tuple[int, ...], generators: list[torch.Generator], device: torch.device
-) -> torch.Tensor:
-    """Standard normal noise [B, *shape], sample i drawn from generators[i].
-
-    Drawing each sample from its own generator makes a sample's noise independent of which
-    process trains it and of what else is in its batch.
-    """
-    return torch.stack(
-        [torch.randn(shape, generator=g, device=device, dtype=torch.float32) for g in generators]
-    )
-
-
-def sample_latents(
-    parameters: torch.Tensor, rules: FamilyRules, generators: list[torch.Generator]
-) -> torch.Tensor:
-    """Draw scaled latents [B, f, C, h, w] from stored distribution parameters (fp32)."""
+def sample_latents(parameters: torch.Tensor, rules, posterior_noise: torch.Tensor) -> torch.Tensor:
+    """Scaled latents [B, f, C, h, w] from stored distribution parameters and a standard normal
+    draw of the mean's shape (fp32), padded to whole temporal patches."""
     mean, logvar = parameters.float().chunk(2, dim=1)
     std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-    noise = per_sample_randn(tuple(mean.shape[1:]), generators, mean.device)
-    latents = (mean + std * noise) * rules.scaling_factor
+    latents = (mean + std * posterior_noise) * rules.scaling_factor
     latents = latents.permute(0, 2, 1, 3, 4)
     return pad_temporal_patch(latents, rules)
 
 
-def pad_temporal_patch(latents: torch.Tensor, rules: FamilyRules) -> torch.Tensor:
+def pad_temporal_patch(latents: torch.Tensor, rules) -> torch.Tensor:
     """Repeat the first latent frame in front up to a whole number of temporal patches.
 
     The pipeline does the same when it samples (and drops the leading frames when it decodes),
@@ -218,8 +307,66 @@ def pad_temporal_patch(latents: torch.Tensor, rules: FamilyRules) -> torch.Tenso
     return torch.cat([pad, latents], dim=1)
 
 
+@dataclass
+class Draws:
+    """Every random number one loss evaluation uses, drawn per sample (or given by a test)."""
+
+    posterior_noise: torch.Tensor  # [B, C, f, h, w]: the video latents' draw from the posterior
+    timesteps: torch.Tensor  # [B]
+    noise: torch.Tensor  # [B, f', C, h, w]: diffusion noise on the padded latents
+
+
+class TrainingLoss:
+    """The v-prediction denoising loss of one checkpoint, from named conditions.
+
+    The diffusers example's weighted x0-space loss, 1/(1-a) * |x0_pred - x0|^2, equals this plain
+    MSE on the velocity; it is computed in fp32 because the scheduler's alphas lose precision in
+    bf16.
+    """
+
+    def __init__(self, rules, alphas_cumprod: torch.Tensor, rotary, compute_dtype: torch.dtype):
+        self.rules = rules
+        self.alphas_cumprod = alphas_cumprod
+        self.rotary = rotary
+        self.compute_dtype = compute_dtype
+
+    def draw(self, conditions: dict[str, torch.Tensor], generators: list) -> Draws:
+        """The draws of each sample, from its own generator, in a fixed order."""
+        parameters = conditions["video_latent_dist"]
+        device = parameters.device
+        channels2, frames, height, width = parameters.shape[1:]
+        posterior = per_sample_randn((channels2 // 2, frames, height, width), generators, device)
+        timesteps = per_sample_randint(self.alphas_cumprod.shape[0], generators, device)
+        padded = frames + (-frames) % (self.rules.patch_size_t or 1)  # whole temporal patches
+        noise = per_sample_randn((padded, channels2 // 2, height, width), generators, device)
+        return Draws(posterior_noise=posterior, timesteps=timesteps, noise=noise)
+
+    def __call__(
+        self,
+        transformer,
+        conditions: dict[str, torch.Tensor],
+        generators: list | None = None,
+        draws: Draws | None = None,
+    ) -> torch.Tensor:
+        draws = draws if draws is not None else self.draw(conditions, generators)
+        latents = sample_latents(conditions["video_latent_dist"], self.rules, draws.posterior_noise)
+        batch = latents.shape[0]
+        alpha = self.alphas_cumprod[draws.timesteps].view(batch, 1, 1, 1, 1)
+        clean = latents.float()
+        noisy = alpha.sqrt() * clean + (1 - alpha).sqrt() * draws.noise
+        target = alpha.sqrt() * draws.noise - (1 - alpha).sqrt() * clean
+        prediction = transformer(
+            hidden_states=noisy.to(self.compute_dtype),
+            encoder_hidden_states=conditions["prompt_embeds"].to(self.compute_dtype),
+            timestep=draws.timesteps,
+            image_rotary_emb=self.rotary(latents),
+            return_dict=False,
+        )[0]
+        return F.mse_loss(prediction.float(), target)
+
+
 # ---------------------------------------------------------------------------------------------
-# Forward and loss
+# Positions
 
 
 def rotary_embeddings(
@@ -274,115 +421,3 @@ class RotaryCache:
         if key not in self._cache:
             self._cache[key] = rotary_embeddings(self.config, frames, height, width, self.device)
         return self._cache[key]
-
-
-def training_loss(
-    transformer,
-    alphas_cumprod: torch.Tensor,
-    latents: torch.Tensor,
-    prompt_embeds: torch.Tensor,
-    generators: list[torch.Generator],
-    rotary: RotaryCache,
-    compute_dtype: torch.dtype,
-) -> torch.Tensor:
-    """One v-prediction denoising loss on scaled latents [B, f, C, h, w], computed in fp32.
-
-    The diffusers example's weighted x0-space loss, 1/(1-a) * |x0_pred - x0|^2, equals this plain
-    MSE on the velocity; fp32 because the scheduler's alphas lose precision in bf16.
-    """
-    batch = latents.shape[0]
-    steps = alphas_cumprod.shape[0]
-    timesteps = torch.cat(
-        [torch.randint(0, steps, (1,), generator=g, device=latents.device) for g in generators]
-    )
-    noise = per_sample_randn(tuple(latents.shape[1:]), generators, latents.device)
-    alpha = alphas_cumprod[timesteps].view(batch, 1, 1, 1, 1)
-    clean = latents.float()
-    noisy = alpha.sqrt() * clean + (1 - alpha).sqrt() * noise
-    target = alpha.sqrt() * noise - (1 - alpha).sqrt() * clean
-    prediction = transformer(
-        hidden_states=noisy.to(compute_dtype),
-        encoder_hidden_states=prompt_embeds.to(compute_dtype),
-        timestep=timesteps,
-        image_rotary_emb=rotary(latents),
-        return_dict=False,
-    )[0]
-    return F.mse_loss(prediction.float(), target)
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampling
-
-
-def make_pipeline(transformer, vae, scheduler, tokenizer=None, text_encoder=None):
-    """A CogVideoXPipeline around already-loaded components (the text encoder may be absent)."""
-    from diffusers import CogVideoXPipeline
-
-    return CogVideoXPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        transformer=transformer,
-        scheduler=scheduler,
-    )
-
-
-@torch.no_grad()
-def generate(
-    pipeline,
-    prompt_embeds: torch.Tensor,
-    negative_embeds: torch.Tensor,
-    frames: int,
-    height: int,
-    width: int,
-    steps: int,
-    guidance: float,
-    generator: torch.Generator,
-):
-    """One video as a float array [F, H, W, 3] in [0, 1], from precomputed prompt embeddings."""
-    dtype = pipeline.transformer.dtype
-    latents = pipeline(
-        prompt_embeds=prompt_embeds.to(dtype),
-        negative_prompt_embeds=negative_embeds.to(dtype),
-        num_frames=frames,
-        height=height,
-        width=width,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        generator=generator,
-        output_type="latent",
-        max_sequence_length=MAX_TEXT_TOKENS,
-    ).frames
-    # Decoded here rather than by the pipeline: the VAE may keep another dtype than the
-    # transformer (fp32 training beside a bf16 VAE), and the pipeline doesn't cast between them.
-    patch_t = pipeline.transformer.config.patch_size_t
-    latent_frames = (frames - 1) // pipeline.vae_scale_factor_temporal + 1
-    if patch_t and latent_frames % patch_t:
-        latents = latents[:, patch_t - latent_frames % patch_t :]
-    video = pipeline.decode_latents(latents.to(pipeline.vae.dtype))
-    return pipeline.video_processor.postprocess_video(video=video, output_type="np")[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Trainable parameters
-
-
-def lora_target_check(transformer, target_modules: list[str]) -> None:
-    """Refuse a --target_modules entry that names no layer, listing the names that would work."""
-    names = [
-        name for name, module in transformer.named_modules() if isinstance(module, torch.nn.Linear)
-    ]
-    for target in target_modules:
-        if not any(name == target or name.endswith("." + target) for name in names):
-            suffixes = sorted(
-                {
-                    ".".join(name.split(".")[-2:])
-                    if name.split(".")[-1].isdigit()
-                    else name.split(".")[-1]
-                    for name in names
-                }
-            )
-            raise UserError(
-                f"--target_modules: '{target}' matches no layer of the transformer; "
-                f"layers that can be targeted: {', '.join(suffixes)}"
-            )
