@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from core.errors import UserError
-from core.models.source import ModelSource, read_component_config
+from core.models.source import ModelSource, is_hub_id, read_component_config
 
 FLAG = "--pretrained_model_name_or_path"
 
@@ -104,6 +104,8 @@ def cached_configs(name: str) -> tuple[dict, dict] | None:
     Hub id's from the Hugging Face cache (None when the transformer's is not there; the VAE's
     may be missing, its settings then take their defaults)."""
     source = ModelSource(name)
+    if not source.is_local and not is_hub_id(name):
+        return None  # a path that is not there (yet): nothing to read, and no Hub id to look up
     found: list[dict] = []
     for component in ("transformer", "vae"):
         if source.is_local:
@@ -138,8 +140,8 @@ def variant_at_hand(name: str | None) -> tuple[str | None, str | None, dict | No
         except UserError:
             return None, None, None
         return family, spec_module(family).rules_from_configs(transformer, vae).variant, transformer
-    if ModelSource(name).is_local:
-        return None, None, None
+    if not is_hub_id(name):
+        return None, None, None  # a folder (here or not yet): its configs say, not its name
     for family in FAMILIES:
         variant = spec_module(family).guess_variant(name)
         if variant:
