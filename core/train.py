@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core.config import TrainConfig, parse_args
-from core.data.dataset import PreparedSamples, relative_name
+from core.data.dataset import PreparedSamples, describe_image, relative_name
 from core.errors import EXIT_FAILED, EXIT_USER_ERROR, UserError
 from core.events import (
     STAGE_AFTER_TRAINING,
@@ -153,12 +153,32 @@ class Trainer:
         source = ModelSource(config.pretrained_model_name_or_path, config.revision, config.variant)
         check_source(source)
         self.spec = identify(source, config.model_name)
-        for bucket in config.buckets:
-            problem = self.spec.rules.shape_problem(*bucket)
+        self._check_shapes()
+        if config.validation_images and not self.spec.image_to_video:
+            raise UserError(
+                f"--validation_images: {self.spec.title} makes videos from text alone; remove "
+                "the images, or train an image-to-video base model"
+            )
+        for image in config.validation_images:
+            if not Path(image).expanduser().is_file():
+                raise UserError(f"--validation_images: {image} does not exist")
+        self.prepared = prepare_samples(config, image_to_video=self.spec.image_to_video)
+        self.checkpointer.find_resume()
+
+    def _check_shapes(self) -> None:
+        """Every bucket, and the validation videos' shape, must suit the checkpoint."""
+        rules = self.spec.rules
+        ignore = self.config.ignore_learned_positional_embeddings
+        for bucket in self.config.buckets:
+            problem = rules.shape_problem(*bucket, ignore_learned_positions=ignore)
             if problem:
                 raise UserError(f"--video_resolution_buckets: {problem}")
-        self.prepared = prepare_samples(config)
-        self.checkpointer.find_resume()
+        if self.validator.enabled:
+            problem = rules.shape_problem(*self.validator.shape(), ignore_learned_positions=ignore)
+            if problem:
+                raise UserError(
+                    f"--validation_frames/--validation_height/--validation_width: {problem}"
+                )
 
     def prepare_data(self) -> None:
         from core.models.registry import open_family
@@ -181,6 +201,7 @@ class Trainer:
         self.spec = replace(self.spec, source=source)
         self.family = open_family(self.spec)
         self.checkpointer.family = self.family
+        self.batches.images = self.family.image_to_video
         self.tokenizer = self.family.load_tokenizer()
         self.scheduler = self.family.load_scheduler()
         root = prepared.root
@@ -196,6 +217,16 @@ class Trainer:
                 name,
                 limit,
             )
+        # Image-to-video: which image each clip starts from (its own file, or its first frame).
+        images = {}
+        if self.family.image_to_video:
+            images = {relative_name(s.path, root): describe_image(s, root) for s in samples}
+            named = sum(1 for s in samples if s.image)
+            log.info(
+                "Image-to-video: %d clips start from their own image, %d from their first frame",
+                named,
+                len(samples) - named,
+            )
         self.reporter.emit(
             DatasetEvent(
                 root=str(root),
@@ -207,6 +238,7 @@ class Trainer:
                     for item in prepared.skipped
                 ],
                 long_captions=long_captions,
+                **({"images": images} if images else {}),
             )
         )
 
@@ -263,9 +295,15 @@ class Trainer:
             backend.unwrap(self.transformer).config,
             backend.device,
             DTYPES[config.transformer_dtype],
+            noised_image_dropout=config.noised_image_dropout,
         )
         self.validator.prepare(
-            self.family, self.conditions, self.scheduler, self.attention_backend, self.stop.check
+            self.family,
+            self.conditions,
+            self.scheduler,
+            self.attention_backend,
+            self.stop.check,
+            self.batches.samples,
         )
         micro_steps = config.train_steps * config.gradient_accumulation_steps
         self.train_epochs = math.ceil(micro_steps / len(self.batches.epoch(0)))

@@ -10,7 +10,7 @@ import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from core.data.dataset import PreparedSamples, prepare_samples, relative_name
+from core.data.dataset import PreparedSamples, describe_image, prepare_samples, relative_name
 from core.data.video import is_image
 
 MAX_TEXT_TOKENS = 226
@@ -38,6 +38,7 @@ class SampleRow:
     resolution: str
     duration: float
     caption_tokens: int | None = None
+    image: str = ""  # a clip's image for image-to-video models: its file, or "first frame"
 
 
 @dataclass
@@ -86,6 +87,7 @@ def build_report(config, tokenizer=None) -> DatasetReport:
                 resolution=f"{sample.info.width}x{sample.info.height}",
                 duration=round(sample.info.duration, 3),
                 caption_tokens=tokens,
+                image="" if is_image(sample.path) else describe_image(sample, root),
             )
         )
     videos = [s for s in prepared.samples if not is_image(s.path)]
@@ -123,6 +125,13 @@ def format_report(report: DatasetReport) -> str:
     if report.resolutions:
         shown = ", ".join(f"{res} x{n}" for res, n in list(report.resolutions.items())[:6])
         lines.append(f"  resolutions: {shown}")
+    named = [row for row in report.samples if row.image and row.image != "first frame"]
+    if report.videos:
+        lines.append(
+            f"  image-to-video starts {len(named)} clips from their own image and "
+            f"{report.videos - len(named)} from their first frame"
+        )
+        lines += [f"    {row.file}: {row.image}" for row in named[:20]]
     if report.long_captions:
         lines.append(
             f"  {len(report.long_captions)} captions are longer than the text "
