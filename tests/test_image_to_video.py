@@ -81,7 +81,7 @@ def _frames(pipe, image):
         num_frames=9,
         height=32,
         width=32,
-        num_inference_steps=3,
+        num_inference_steps=2,
         generator=torch.Generator().manual_seed(0),
         output_type="np",
     ).frames[0]
@@ -221,3 +221,78 @@ def test_ignoring_learned_positions_trains_at_another_shape(without_learned_posi
     assert [e.step for e in events if e.kind == "step"] == [1, 2, 3]
     assert all(np.isfinite(e.loss) for e in events if e.kind == "step")
     assert (without_learned_positions / "pytorch_lora_weights.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def start_image(tmp_path_factory):
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("start") / "start.png"
+    Image.new("RGB", (64, 48), (220, 180, 40)).save(path)
+    return path
+
+
+def test_a_preview_from_an_image_puts_the_lora_beside_the_base(
+    guide_runs, tiny_i2v_models, start_image, tmp_path
+):
+    from core.data.video import read_frames
+    from core.infer import PipelineCache, generate
+    from core.preview_protocol import LoraChoice, PreviewRequest
+
+    cache = PipelineCache("cpu")
+    request = PreviewRequest(
+        base=str(tiny_i2v_models["1.5-i2v"]),
+        loras=[LoraChoice(path=str(guide_runs["1.5-i2v"]), scale=0.75)],
+        image=str(start_image),
+        prompt="BW_STYLE a square",
+        frames=9,
+        height=32,
+        width=32,
+        steps=2,
+        compare_scales=[4.0],
+        dtype="fp32",
+    )
+    result = generate(request, cache, tmp_path / "grid.mp4")
+    frames = read_frames(result.path, [0, 8]).astype(int)
+    assert result.panels == ["base", "LoRA x4"] and frames.shape[2] == 64
+    assert np.abs(frames[:, :, :32] - frames[:, :, 32:]).mean() > 0.5
+    # Without an image, an image-to-video base says what it needs.
+    with pytest.raises(Exception, match="makes videos from an image: give one to start from"):
+        generate(request.model_copy(update={"image": None}), cache, tmp_path / "none.mp4")
+
+
+def test_the_card_and_the_preview_drop_learned_positions_as_the_run_did(
+    without_learned_positions, guide_runs, tiny_i2v_models, start_image, tmp_path
+):
+    from core.errors import UserError
+    from core.hub import build_model_card, run_files
+    from core.infer import PipelineCache, generate
+    from core.preview_protocol import LoraChoice, PreviewRequest
+
+    card = build_model_card(without_learned_positions, "someone/i2v")
+    assert "\npipeline_tag: image-to-video\n" in card
+    assert "from diffusers import CogVideoXImageToVideoPipeline\n" in card
+    assert "pipe.transformer.patch_embed.use_learned_positional_embeddings = False\n" in card
+    assert 'video = pipe(image=image, prompt="' in card and "load_image(" in card
+    # The 5b-I2V run's samples are shown beside the images they started from.
+    card = build_model_card(guide_runs["5b-i2v"], "someone/i2v")
+    assert "| image | sample |" in card and ".png) | [00-bw-style-a-square-0 (step-4)]" in card
+    assert "use_learned_positional_embeddings" not in card
+    assert any(p.suffix == ".png" for p in run_files(guide_runs["5b-i2v"]))
+
+    request = PreviewRequest(
+        base=str(tiny_i2v_models["5b-i2v"]),
+        loras=[LoraChoice(path=str(without_learned_positions))],
+        image=str(start_image),
+        prompt="a square",
+        frames=9,
+        height=32,
+        width=48,
+        steps=2,
+        dtype="fp32",
+    )
+    cache = PipelineCache("cpu")
+    with pytest.raises(UserError, match=r"^the preview's size: 9x32x48 is not 9x32x32"):
+        generate(request, cache, tmp_path / "refused.mp4")
+    dropped = request.model_copy(update={"ignore_learned_positional_embeddings": True})
+    assert generate(dropped, cache, tmp_path / "ok.mp4").path.is_file()

@@ -206,6 +206,15 @@ def load_condition_image(path: str | Path, height: int, width: int):
     return to_training_tensor(frame, height, width)[0]
 
 
+def to_pil(image):
+    """A [3, H, W] tensor in [-1, 1] as an RGB PIL image (what an I2V pipeline is given)."""
+    import torch
+    from PIL import Image
+
+    pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
+
+
 def sample_image(sample: Sample, height: int | None = None, width: int | None = None):
     """The image an image-to-video sample starts from, [3, H, W] (default: its bucket's size)."""
     _, bucket_height, bucket_width = sample.bucket

@@ -65,7 +65,7 @@ class Validator:
         if not self.family.image_to_video:
             return [None] * len(prompts)
         if self._images is None:
-            from core.data.dataset import load_condition_image, sample_image
+            from core.data.dataset import load_condition_image, sample_image, to_pil
 
             _, height, width = self.shape()
             if self.config.validation_images:
@@ -163,14 +163,6 @@ class Validator:
         )
         self.reporter.stage(STAGE_AFTER_VALIDATION)
         self.reporter.log_videos([self.output_dir / f for f in files], step)
-
-
-def to_pil(image: torch.Tensor):
-    """A [3, H, W] tensor in [-1, 1] as an RGB PIL image (what the I2V pipeline is given)."""
-    from PIL import Image
-
-    pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
 
 
 def save_image(image, path: Path) -> None:
