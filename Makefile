@@ -6,7 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
-export HF_HUB_OFFLINE ?= 1
+# No HF_HUB_OFFLINE here: an `export` at the top reaches every recipe, `make run` included, and
+# the app a user runs must download base models and push to the Hub. Only the tests are offline.
 
 .PHONY: run test lint chromium
 

@@ -38,6 +38,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def exposure_warnings(host: str, share: bool, has_auth: bool) -> list[str]:
+    """What a user must hear before the app is served beyond this machine without a password."""
+    if has_auth:
+        return []
+    warnings = []
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        warnings.append(
+            f"serving on {host} without --auth: anyone who can reach this machine can start "
+            "jobs on your GPUs"
+        )
+    if share:
+        warnings.append(
+            "--share without --auth publishes this app on a public link: anyone who has the "
+            "link can start jobs on your GPUs and read your workspace; add --auth USER:PASS"
+        )
+    return warnings
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -101,20 +119,24 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --auth must be USER:PASS", file=sys.stderr)
             return 2
         auth = (user, password)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and auth is None:
-        print(
-            f"warning: serving on {args.host} without --auth: anyone who can reach this "
-            "machine can start jobs on your GPUs",
-            file=sys.stderr,
-        )
+    for warning in exposure_warnings(args.host, args.share, auth is not None):
+        print(f"warning: {warning}", file=sys.stderr)
     if not port_is_free(args.host, args.port):
         print(f"error: port {args.port} is in use; pass --port with a free one", file=sys.stderr)
         return 2
     workspace = Path(args.workspace).expanduser().resolve()
     workspace.mkdir(parents=True, exist_ok=True)
+    from core.hub import hub_offline
+
+    if hub_offline():
+        print(
+            "note: HF_HUB_OFFLINE is set: base models named by a Hub id cannot download and "
+            "pushes to the Hub fail; start the app without it to go online",
+            file=sys.stderr,
+        )
 
     prepare_gradio()
-    from ui.page import build_page, css
+    from ui.page import build_page, css, head
     from ui.studio import Studio
 
     data_dirs = [Path(d).expanduser().resolve() for d in args.data_dir]
@@ -127,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         share=args.share,
         allowed_paths=[str(workspace), *map(str, data_dirs)],
         css=css(),
+        head=head(),
         footer_links=["gradio", "settings"],
     )
     return 0

@@ -48,11 +48,16 @@ def publish(output_dir: Path, step: int, staging: Path) -> Path:
     return final
 
 
+def discard_partial(output_dir: Path) -> None:
+    """Delete checkpoint folders that were never finished."""
+    for stale in output_dir.glob(".checkpoint-*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def prune(output_dir: Path, limit: int | None) -> list[Path]:
     """Delete all but the `limit` newest complete checkpoints, and stale partial folders."""
     removed = []
-    for stale in output_dir.glob(".checkpoint-*.partial"):
-        shutil.rmtree(stale, ignore_errors=True)
+    discard_partial(output_dir)
     if limit is None:
         return removed
     checkpoints = list_checkpoints(output_dir)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,17 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 CONFIG_FILE = "train_config.json"
 STATE_FILE = ".push-state.json"
 TOKENS_PAGE = "https://huggingface.co/settings/tokens"
+OFFLINE_SENTENCE = (
+    "HF_HUB_OFFLINE is set in the environment this push runs in, so the Hub can't be reached; "
+    "start the app (or this command) without it: `make run` leaves it unset, or run it as "
+    "`env -u HF_HUB_OFFLINE python app.py`"
+)
 COGVIDEOX_LICENSE = "https://huggingface.co/THUDM/CogVideoX-5b/blob/main/LICENSE"
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE is on (read as huggingface_hub reads it): nothing reaches the Hub."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,8 +122,14 @@ def _card_code(base: str, repo_id: str, lora: bool, prompt: str, config: dict) -
     )
 
 
-def build_model_card(run_dir: str | Path, repo_id: str) -> str:
-    """README.md for the repo: base model, trigger word, settings, samples, and the snippet."""
+def build_model_card(
+    run_dir: str | Path, repo_id: str, sample_link: Callable[[Path], str] | None = None
+) -> str:
+    """README.md for the repo: base model, trigger word, settings, samples, and the snippet.
+
+    Samples link to their path in the repo (where the push puts them); `sample_link` gives
+    another address for a sample's file, such as where the app serves it before the push.
+    """
     run_dir = Path(run_dir)
     config = _train_config(run_dir)
     base = config["pretrained_model_name_or_path"]
@@ -154,7 +171,11 @@ def build_model_card(run_dir: str | Path, repo_id: str) -> str:
         )
     lines = [*front, "", f"# {repo_id.split('/')[-1]}", "", about, ""]
     if trigger:
-        lines += [f"Trigger word: `{trigger}` (put it in your prompt).", ""]
+        lines += [
+            f"Trigger word: `{trigger}`. Every training caption began with it: put it in your "
+            "prompt to bring out what the LoRA learned.",
+            "",
+        ]
     settings = [
         ("training type", config.get("training_type")),
         ("steps", config.get("train_steps")),
@@ -170,17 +191,18 @@ def build_model_card(run_dir: str | Path, repo_id: str) -> str:
     samples = latest_samples(run_dir)
     if samples:
         lines += ["", "## Samples", ""]
+        link = sample_link or (lambda path: path.relative_to(run_dir).as_posix())
         images = [sample_image(p) for p in samples]
         if any((run_dir / image).is_file() for image in images):
             # Image-to-video: each sample beside the image it started from.
             lines += ["| image | sample |", "| --- | --- |"]
             lines += [
-                f"| ![{image.name}]({image.as_posix()}) | [{p.stem} ({p.parent.name})]"
-                f"({p.as_posix()}) |"
+                f"| ![{image.name}]({link(run_dir / image)}) | [{p.stem} ({p.parent.name})]"
+                f"({link(run_dir / p)}) |"
                 for p, image in zip(samples, images, strict=True)
             ]
         else:
-            lines += [f"- [{p.stem} ({p.parent.name})]({p.as_posix()})" for p in samples]
+            lines += [f"- [{p.stem} ({p.parent.name})]({link(run_dir / p)})" for p in samples]
     code = _card_code(base, repo_id, lora, example, config)
     lines += ["", "## Use it with diffusers", "", "```python", *code, "```", ""]
     return "\n".join(lines)
@@ -229,7 +251,7 @@ def _explain(error: Exception, endpoint: str, doing: str, repo_id: str) -> str:
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     if isinstance(error, OfflineModeIsEnabled):
-        return "the Hub can't be reached in offline mode; unset HF_HUB_OFFLINE to push"
+        return OFFLINE_SENTENCE
     if isinstance(error, HfHubHTTPError) and error.response is not None:
         status = error.response.status_code
         if status in (401, 403):

@@ -142,8 +142,9 @@ def submit(worker_dir: str | Path, request: PreviewRequest) -> str:
     return request_id
 
 
-def result(worker_dir: str | Path, request_id: str) -> PreviewEvent | None:
-    """The request's final event (done or failed), or None while it is pending."""
+def result(worker_dir: str | Path, request_id: str, final_only: bool = True) -> PreviewEvent | None:
+    """The request's final event (done or failed), or None while it is pending; with
+    `final_only=False`, its latest event so far (started, loading, generating, ...)."""
     path = Path(worker_dir) / EVENTS_FILE
     if not path.is_file():
         return None
@@ -157,7 +158,7 @@ def result(worker_dir: str | Path, request_id: str) -> PreviewEvent | None:
             if (
                 isinstance(event, PreviewEvent)
                 and event.request_id == request_id
-                and event.status in FINAL_STATUSES
+                and (event.status in FINAL_STATUSES or not final_only)
             ):
                 final = event
     return final

@@ -13,6 +13,7 @@ takes milliseconds on a CPU, yet each variant keeps its family's architecture:
   latents are scaled inversely (like THUDM/CogVideoX1.5-5B-I2V).
 
     python -m core.tiny OUT --variant 5b
+    python -m core.tiny OUT --variant captioner   (a tiny Qwen3-VL: core/tiny_captioner.py)
 """
 
 from __future__ import annotations
@@ -48,9 +49,14 @@ def build_tiny_checkpoint(out_dir: str | Path, variant: str = "5b", seed: int = 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.tiny", description=__doc__.split("\n")[0])
     parser.add_argument("out", help="folder to write the checkpoint to")
-    parser.add_argument("--variant", choices=(*VARIANTS, *I2V_VARIANTS), default="5b")
+    parser.add_argument("--variant", choices=[*VARIANTS, *I2V_VARIANTS, "captioner"], default="5b")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.variant == "captioner":
+        from core.tiny_captioner import build_tiny_captioner
+
+        print(build_tiny_captioner(args.out, args.seed))
+        return 0
     path = build_tiny_checkpoint(args.out, args.variant, args.seed)
     print(path)
     return 0

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from core.config import TrainConfig, parse_args
 from core.data.dataset import PreparedSamples, describe_image, relative_name
+from core.diskspace import full_disk_failure, tolerate_full_disk_in_std_streams
 from core.errors import EXIT_FAILED, EXIT_USER_ERROR, UserError
 from core.events import (
     STAGE_AFTER_TRAINING,
@@ -130,15 +131,18 @@ class Trainer:
             )
             return 0
         except StopRequested:
-            return self._stop()
+            try:
+                return self._stop()
+            except Exception as error:  # its checkpoint could not be written (a full disk)
+                traceback.print_exc()
+                return self._fail(self._crash_message(error))
         except UserError as error:
             return self._fail(str(error), user_error=True)
         except KeyboardInterrupt:
             return self._fail("interrupted before the run could save a checkpoint")
         except Exception as error:  # the one place every other failure is reported and exits 1
             traceback.print_exc()
-            message = self._describe_crash(error)
-            return self._fail(message)
+            return self._fail(self._crash_message(error))
         finally:
             self.stop.restore()
             self.reporter.close()
@@ -420,17 +424,27 @@ class Trainer:
         self.reporter.flush()  # the steps since the last read are done: report them first
         if self.training_started and step > 0:
             checkpoint = self.checkpointer.save_for_stop(step)
-        self.reporter.emit(StoppedEvent(step=step, checkpoint=checkpoint))
+        exit_code = self.stop.exit_status()
+        self.reporter.emit(StoppedEvent(step=step, checkpoint=checkpoint, exit_code=exit_code))
         log.warning(
             "Stopped at step %d%s", step, f"; resume from {checkpoint}" if checkpoint else ""
         )
-        return self.stop.exit_status()
+        return exit_code
 
     def _fail(self, message: str, user_error: bool = False) -> int:
         step = self.state.global_step if self.training_started else None
-        self.reporter.emit(FailedEvent(message=message, user_error=user_error, step=step))
+        exit_code = EXIT_USER_ERROR if user_error else EXIT_FAILED
+        self.reporter.emit(
+            FailedEvent(message=message, user_error=user_error, step=step, exit_code=exit_code)
+        )
         print(f"error: {message}", file=sys.stderr, flush=True)
-        return EXIT_USER_ERROR if user_error else EXIT_FAILED
+        return exit_code
+
+    def _crash_message(self, error: Exception) -> str:
+        config = self.config
+        return full_disk_failure(error, config.output_dir, config.cache_path) or (
+            self._describe_crash(error)
+        )
 
     @staticmethod
     def _describe_crash(error: Exception) -> str:
@@ -450,4 +464,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    tolerate_full_disk_in_std_streams()  # train.log on a full disk must not end the run
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 python -m jobs [--workspace DIR] list [--json]
 python -m jobs show ID [--json]
-python -m jobs start SPEC.json            prints the new job's id
+python -m jobs start SPEC.json [--again]  prints the new job's id
 python -m jobs stop ID [--wait SECONDS]
 python -m jobs resume ID
 python -m jobs logs ID [--lines N]
@@ -19,8 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from core.config import describe_validation_error
-from core.errors import EXIT_USER_ERROR
+from core.errors import EXIT_USER_ERROR, UserError
 
 STATUS_WIDTH = 11
 
@@ -37,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     start = commands.add_parser("start", help="queue a job from a spec file")
     start.add_argument("spec")
     start.add_argument("--name", help="override the spec's name")
+    start.add_argument(
+        "--again",
+        action="store_true",
+        help="start it even if the same run (name and settings) is already queued or running",
+    )
     stop = commands.add_parser("stop", help="checkpoint and stop a job (or cancel a queued one)")
     stop.add_argument("id")
     stop.add_argument(
@@ -60,12 +64,21 @@ def _line(job) -> str:
     return f"{job.id}  {job.status:<{STATUS_WIDTH}} step {progress:<11} {job.name}{reason}"
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from jobs.checks import check_before_queue
     from jobs.runner import JobError, Runner, log_tail
-    from jobs.spec import JobSpec
+    from jobs.spec import JobSpec, describe_spec_error
 
-    runner = Runner(args.workspace)
+    try:
+        runner = Runner(args.workspace, on_warning=_warn)
+    except OSError as error:
+        print(f"error: --workspace: {args.workspace} cannot be used ({error})", file=sys.stderr)
+        return EXIT_USER_ERROR
     runner.poll()
     try:
         if args.command == "list":
@@ -88,13 +101,24 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "start":
             path = Path(args.spec)
             try:
-                spec = JobSpec.model_validate_json(path.read_text(encoding="utf-8"))
+                spec = JobSpec.model_validate_json(path.read_bytes())
             except FileNotFoundError:
                 raise JobError(f"{path} does not exist") from None
+            except IsADirectoryError:
+                raise JobError(f"{path} is a folder; give the spec's JSON file") from None
+            except OSError as error:
+                raise JobError(f"{path} cannot be read ({error.strerror})") from None
             except ValidationError as error:
-                raise JobError(f"{path}: {describe_validation_error(error)}") from None
+                raise JobError(f"{path}: {describe_spec_error(error)}") from None
             if args.name:
                 spec = spec.model_copy(update={"name": args.name})
+            earlier = None if args.again else runner.find_duplicate(spec)
+            if earlier is not None:
+                raise JobError(
+                    f"the same run is already {earlier.status} as {earlier.id}; it is not "
+                    "started twice (pass --again to start another)"
+                )
+            check_before_queue(spec, runner)  # refused before a job exists if it cannot run
             print(runner.submit(spec).id)
         elif args.command == "stop":
             job = runner.stop(args.id)
@@ -113,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "tick":
             time.sleep(0.2)  # let the finished job's wrapper exit first
             runner.poll()
-    except JobError as error:
+    except (JobError, UserError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        runner.store.close()
     return 0
 
 

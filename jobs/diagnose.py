@@ -44,8 +44,58 @@ def signal_name(code: int) -> str | None:
         return None
 
 
-def diagnose(exit_code: int | None, failed_message: str | None, log_tail: str) -> Diagnosis:
-    """The reason and a suggestion for a run that ended without `done` or `stopped`."""
+# torchrun's (and accelerate's multi-process launcher's) report of each rank that failed:
+#   rank      : 1 (local_rank: 1)
+#   exitcode  : -9 (pid: 18717)  (SIGKILL)
+_LAUNCHER_FAILURE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:[^\n]*\n\s*exitcode\s*:\s*(-?\d+)")
+_LAUNCHER_REPORT = "Root Cause (first observed failure)"
+# Signals the launcher itself sends the other ranks once one has failed.
+_TEARDOWN_SIGNALS = ("SIGTERM", "SIGINT")
+
+
+@dataclass(frozen=True)
+class RankDeath:
+    rank: int
+    signal: str
+
+
+def rank_killed(log_tail: str) -> RankDeath | None:
+    """The rank a signal killed, from the launcher's failure report at the end of the log.
+
+    The surviving ranks fail too (a collective loses its peer: "Connection reset by peer"),
+    and the main rank's failed event says so; the launcher knows which rank died, and of what.
+    Its own SIGTERM to the survivors is not a cause.
+    """
+    report = log_tail.rfind(_LAUNCHER_REPORT)
+    if report < 0:
+        return None
+    others = log_tail.rfind("Failures:", 0, report)
+    failures = _LAUNCHER_FAILURE.findall(log_tail[report:])  # the root cause first
+    failures += _LAUNCHER_FAILURE.findall(log_tail[others:report]) if others >= 0 else []
+    for rank, code in failures:
+        name = signal_name(int(code)) if int(code) < 0 else None
+        if name and name not in _TEARDOWN_SIGNALS:
+            return RankDeath(int(rank), name)
+    return None
+
+
+def diagnose(
+    exit_code: int | None,
+    failed_message: str | None,
+    log_tail: str,
+    full_disk: str | None = None,
+) -> Diagnosis:
+    """The reason and a suggestion for a run that ended without `done` or `stopped`.
+
+    `full_disk`: the sentence for the disk holding the job, when that disk is full now.
+    """
+    death = rank_killed(log_tail)
+    if death is not None:
+        return Diagnosis(
+            "failed",
+            f"rank {death.rank} was killed by {death.signal}; the other ranks stopped with it",
+            KILLED_SUGGESTION if death.signal == "SIGKILL" else None,
+        )
     text = "\n".join(filter(None, [failed_message, log_tail]))
     if _OOM.search(text):
         detail = failed_message or "the GPU ran out of memory"
@@ -59,6 +109,8 @@ def diagnose(exit_code: int | None, failed_message: str | None, log_tail: str) -
         return Diagnosis(
             "failed", "the trainer was killed (SIGKILL) before it could report", KILLED_SUGGESTION
         )
+    if full_disk:
+        return Diagnosis("failed", full_disk)
     missing = _MISSING.search(log_tail)
     if missing:
         return Diagnosis("failed", f"missing file: {missing.group(2).strip()[:200]}".rstrip(": "))

@@ -97,10 +97,13 @@ class RunSummary:
     validations: dict[int, list[str]] = field(default_factory=dict)
     checkpoints: list[str] = field(default_factory=list)
     progress: tuple[str, int, int] | None = None
+    preparation_rate: tuple[float, float | None] | None = None  # (a minute, ETA s): split, caption
     dataset: dict | None = None
     final: str | None = None  # "done" | "failed" | "stopped"
     final_message: str | None = None
     training_configuration: dict | None = None
+    first_started: float | None = None  # the first attempt's start; a resume keeps it
+    attempt_started: float | None = None  # this attempt's start
 
     def fold(self, events: list) -> None:
         for event in events:
@@ -110,6 +113,8 @@ class RunSummary:
 
     def _on_config(self, event) -> None:
         self.training_configuration = event.training_configuration
+        self.first_started = self.first_started or event.time
+        self.attempt_started = event.time
         self.total_steps = event.training_configuration.get("train steps")
         self.final = self.final_message = None  # a new attempt has started
         self.progress = None
@@ -119,6 +124,7 @@ class RunSummary:
 
     def _on_progress(self, event) -> None:
         self.progress = (event.phase, event.done, event.total)
+        self.preparation_rate = (event.per_minute, event.eta_seconds) if event.per_minute else None
 
     def _on_stage(self, event) -> None:
         self.stages[event.stage] = event.memory

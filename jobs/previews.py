@@ -11,11 +11,14 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from core.preview_protocol import PreviewRequest, result, submit
-from jobs.runner import Runner
+from core.preview_protocol import FINAL_STATUSES, REQUESTS_DIR, PreviewRequest, result, submit
 from jobs.spec import InferSettings, JobSpec
 from jobs.store import ACTIVE, Job
+
+if TYPE_CHECKING:  # the runner asks this module whether a worker is idle: no import cycle
+    from jobs.runner import Runner
 
 WORKER_NAME = "preview worker"
 
@@ -46,6 +49,13 @@ def start_worker(
     return runner.submit(spec)
 
 
+def worker_is_idle(job: Job) -> bool:
+    """Whether a preview worker is between requests: none waits in its folder or is being made
+    (a request file leaves the inbox only once it has been answered)."""
+    inbox = Path(job.job_dir) / REQUESTS_DIR
+    return not any(inbox.glob("*.json"))
+
+
 def request_preview(
     runner: Runner, request: PreviewRequest, gpu_ids: list[int], allow_busy_gpu: bool = False
 ) -> Ticket:
@@ -54,13 +64,14 @@ def request_preview(
 
 
 def poll_preview(runner: Runner, ticket: Ticket):
-    """(ticket, final PreviewEvent or None). The ticket changes if the request had to move."""
+    """(ticket, the request's latest PreviewEvent or None): its final one (done or failed)
+    once there is one. The ticket changes if the request had to move to another worker."""
     runner.poll()
     worker = runner.store.get(ticket.worker_id)
     if worker is None:
         return ticket, None
-    event = result(Path(worker.job_dir), ticket.request_id)
-    if event is not None or not worker.finished:
+    event = result(Path(worker.job_dir), ticket.request_id, final_only=False)
+    if not worker.finished or (event is not None and event.status in FINAL_STATUSES):
         return ticket, event
     pending = Path(worker.job_dir) / "requests" / f"{ticket.request_id}.json"
     if not pending.is_file():

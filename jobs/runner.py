@@ -14,40 +14,60 @@ the queue allows.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 
 from core.config import make_config
-from core.events import FINAL_KINDS
+from core.confine import absolute_model_or_path
+from core.diskspace import FULL_ERRNOS, full_disk_sentence, nearly_full
+from core.events import EVENTS_FILE, FINAL_KINDS, EventWriter, StoppedEvent
 from core.files import write_text_atomic
 from jobs import queue
+from jobs.checks import output_folder
 from jobs.diagnose import diagnose
 from jobs.events import EventTail
-from jobs.spec import SPEC_FILE, JobSpec
-from jobs.store import ACTIVE, FINISHED, Job, JobStore
+from jobs.previews import worker_is_idle
+from jobs.spec import PREPARATION_KINDS, SPEC_FILE, JobSpec
+from jobs.store import ACTIVE, FINISHED, Job, JobStore, StoreUnwritable
+
+logger = logging.getLogger("jobs.runner")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOG_FILE = "train.log"
 EXIT_FILE = "exit_code"
 STARTING_TIMEOUT = 120.0  # a claimed job with no process after this long failed to start
+_COMMAND_LINE = "\n$ "  # what the runner writes to train.log before each attempt's command
 
 # The wrapper keeps the exit status after the app that started the job is gone, then lets the
 # queue start whatever was waiting for this job's GPUs. The trap makes the shell wait for the
-# trainer's own graceful stop instead of dying first.
+# trainer's own graceful stop instead of dying first. On a full disk the status cannot be
+# written into a file, but an empty file whose name carries it needs no data block.
+# The tick is not part of the job: it runs in a session of its own and without the job's
+# marker, or finishing the job (which kills the job's process group and every process that
+# carries the marker) would kill the tick before it could start the next job.
 _WRAPPER = r"""
 trap ':' INT TERM
 "$@"
 code=$?
-printf '%s\n' "$code" > "$COGVIDEOX_JOB_DIR/.exit_code.partial"
-mv "$COGVIDEOX_JOB_DIR/.exit_code.partial" "$COGVIDEOX_JOB_DIR/exit_code"
-"$COGVIDEOX_JOB_PYTHON" -m jobs --workspace "$COGVIDEOX_JOB_WORKSPACE" tick >/dev/null 2>&1 &
+if printf '%s\n' "$code" > "$COGVIDEOX_JOB_DIR/.exit_code.partial"; then
+    mv "$COGVIDEOX_JOB_DIR/.exit_code.partial" "$COGVIDEOX_JOB_DIR/exit_code"
+else
+    rm -f "$COGVIDEOX_JOB_DIR/.exit_code.partial"
+    : > "$COGVIDEOX_JOB_DIR/exit_code.$code"
+fi
+(
+    unset COGVIDEOX_JOB_DIR
+    exec setsid "$COGVIDEOX_JOB_PYTHON" -m jobs --workspace "$COGVIDEOX_JOB_WORKSPACE" tick
+) </dev/null >/dev/null 2>&1 &
 exit "$code"
 """
 
@@ -56,23 +76,59 @@ class JobError(Exception):
     """A job command that cannot be carried out; the message says why."""
 
 
-def _absolute(path: str | None) -> str | None:
-    if not path:
-        return path
-    candidate = Path(path).expanduser()
-    return str(candidate.resolve()) if candidate.exists() or "/" in path or "\\" in path else path
-
-
 class Runner:
-    def __init__(self, workspace: str | Path, stop_grace: float = 600.0, kill_grace: float = 60.0):
+    def __init__(
+        self,
+        workspace: str | Path,
+        stop_grace: float = 600.0,
+        kill_grace: float = 60.0,
+        on_warning: Callable[[str], None] | None = None,
+    ):
         """`stop_grace`: seconds a stopping trainer gets to checkpoint before SIGTERM;
-        `kill_grace`: seconds more before the whole job is killed."""
+        `kill_grace`: seconds more before the whole job is killed; `on_warning`: where to say
+        what is wrong with the store (default: the log)."""
         self.store = JobStore(workspace)
         self.workspace = self.store.workspace
         self.stop_grace = stop_grace
         self.kill_grace = kill_grace
         self._children: dict[int, subprocess.Popen] = {}
         self._private_env: dict[str, dict[str, str]] = {}  # per job, kept in memory only
+        self._warned: str | None = None
+        self._on_warning = on_warning or (lambda message: logger.warning("warning: %s", message))
+        from jobs.recovery import adopt_unindexed_folders
+
+        adopted = adopt_unindexed_folders(self)
+        notice = self.store.notice
+        if adopted:
+            jobs = f"{len(adopted)} job{'s' * (len(adopted) != 1)}"
+            notice = (
+                f"{notice}; {jobs} read back from their folders"
+                if notice
+                else f"the job list lacked {jobs} found in {self.store.runs_dir}; "
+                "they were read back from their folders"
+            )
+        if notice:
+            self.warn(notice)
+
+    def warn(self, message: str) -> None:
+        """Say something wrong about the store once per process (stderr, the app's log)."""
+        if message != self._warned:
+            self._warned = message
+            self._on_warning(message)
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Around a command that changes jobs: a store that cannot be written is one sentence."""
+        if self.store.read_only:
+            raise JobError(self.store.notice)
+        try:
+            yield
+        except StoreUnwritable as error:
+            raise JobError(str(error)) from None
+        except OSError as error:
+            if error.errno not in FULL_ERRNOS:
+                raise
+            raise JobError(full_disk_sentence(self.workspace, "free space and try again")) from None
 
     # ---- submitting ------------------------------------------------------------------------
 
@@ -82,27 +138,58 @@ class Runner:
         `env` adds environment variables for this job's process only (a Hub token for a push):
         they are never written to the spec, the store or a log.
         """
+        output = output_folder(spec, self.store.runs_dir)  # a folder the spec names, or None
         if spec.kind == "train":
             spec = self.resolve_paths(spec)
-        job = self.store.add(spec.name, spec.kind, spec.gpu_ids, exclusive=spec.exclusive)
-        job_dir = Path(job.job_dir)
-        job_dir.mkdir(parents=True, exist_ok=True)
-        if spec.kind == "train":
-            train = spec.train.model_copy(update={"output_dir": str(job_dir)})
-            spec = spec.model_copy(update={"train": train})
-        write_text_atomic(job_dir / SPEC_FILE, spec.model_dump_json(indent=2))
+        with self._changing():
+            if output is not None:
+                output.mkdir(parents=True, exist_ok=True)
+            job = self.store.add(spec.name, spec.kind, spec.gpu_ids, exclusive=spec.exclusive)
+            job_dir = Path(job.job_dir)
+            try:
+                if output is not None:  # the job folder points to it: readers find the run there
+                    job_dir.parent.mkdir(parents=True, exist_ok=True)
+                    job_dir.symlink_to(output, target_is_directory=True)
+                job_dir.mkdir(parents=True, exist_ok=True)
+                if spec.kind == "train":
+                    train = spec.train.model_copy(update={"output_dir": str(output or job_dir)})
+                    spec = spec.model_copy(update={"train": train})
+                write_text_atomic(job_dir / SPEC_FILE, spec.model_dump_json(indent=2))
+            except OSError:
+                self.store.delete(job.id)  # no half-made job: neither a row nor a folder
+                if job_dir.is_symlink():
+                    job_dir.unlink()
+                else:
+                    shutil.rmtree(job_dir, ignore_errors=True)
+                raise
         if env:
             self._private_env[job.id] = dict(env)
         self.schedule()
         return self.store.get(job.id)
 
+    def find_duplicate(self, spec: JobSpec) -> Job | None:
+        """A queued or running training job with the same name and settings, if there is one."""
+        if spec.kind != "train":
+            return None
+        mine = self.resolve_paths(spec).train.model_copy(update={"output_dir": ""})
+        for job in self.store.list(("queued", *ACTIVE)):
+            if job.kind != "train" or job.name != spec.name:
+                continue
+            with contextlib.suppress(OSError, ValueError):  # a folder being written or removed
+                earlier = self.spec(job).train.model_copy(update={"output_dir": ""})
+                if earlier == mine:
+                    return job
+        return None
+
     def resolve_paths(self, spec: JobSpec) -> JobSpec:
         """Paths made absolute (the job runs in its own folder) and the workspace's cache."""
         train = spec.train
         updates = {
-            "data_root": _absolute(train.data_root),
-            "pretrained_model_name_or_path": _absolute(train.pretrained_model_name_or_path),
-            "cache_dir": _absolute(train.cache_dir) or str(self.workspace / "cache"),
+            "data_root": absolute_model_or_path(train.data_root),
+            "pretrained_model_name_or_path": absolute_model_or_path(
+                train.pretrained_model_name_or_path
+            ),
+            "cache_dir": absolute_model_or_path(train.cache_dir) or str(self.workspace / "cache"),
         }
         config = make_config({**train.model_dump(mode="json"), **updates})
         return spec.model_copy(update={"train": config})
@@ -113,19 +200,47 @@ class Runner:
     # ---- the heartbeat ---------------------------------------------------------------------
 
     def poll(self) -> None:
-        self.reconcile()
-        self.schedule()
+        """Reconcile and schedule. On a disk too full to write the store, say so and go on
+        from a copy in memory (the job folders tell what happened), until there is room."""
+        self.store.reattach()
+        try:
+            self.reconcile()
+            self.schedule()
+        except StoreUnwritable as error:
+            self.warn(str(error))
+            self.store.keep_in_memory()
+            self.reconcile()
 
     def schedule(self) -> list[Job]:
         """Start every queued job the queue allows; returns those started."""
+        if self.store.read_only:  # a job whose record cannot be kept is not started
+            return []
         queued = list(reversed(self.store.list(("queued",))))  # oldest first
         if not queued:
             return []
         active = self.store.list(ACTIVE)
+        plan = queue.plan(queued, active, idle=worker_is_idle)
+        for worker in plan.step_aside:  # an idle preview worker gives its GPUs to the queue
+            self.stop(worker.id)
+        for job in queued:  # what each job waits for, shown by the page and `jobs show`
+            reason = plan.reasons.get(job.id)
+            if reason and reason != job.reason:
+                self.store.transition(job.id, ("queued",), reason=reason)
         started = []
-        for job in queue.startable(queued, active):
+        for job in plan.ready:
             if self.store.transition(job.id, ("queued",), status="starting"):
-                started.append(self._launch(self.store.get(job.id)))
+                try:
+                    started.append(self._launch(self.store.get(job.id)))
+                except OSError as error:  # its log or folder cannot be written
+                    if error.errno not in FULL_ERRNOS:
+                        raise
+                    self.store.transition(
+                        job.id,
+                        ("starting",),
+                        status="failed",
+                        ended=time.time(),
+                        reason=full_disk_sentence(job.job_dir),
+                    )
         return started
 
     def _launch(self, job: Job) -> Job:
@@ -134,7 +249,7 @@ class Runner:
         argv = spec.to_argv(job_dir / SPEC_FILE)
         if job.resume_requested and spec.kind == "train":
             argv += ["--resume_from_checkpoint", "latest"]
-        (job_dir / EXIT_FILE).unlink(missing_ok=True)
+        clear_exit_code(job_dir)
         events = job_dir / "events.jsonl"
         offset = events.stat().st_size if events.exists() else 0
         env = dict(os.environ)
@@ -154,7 +269,7 @@ class Runner:
         env.update(spec.launch_env())
         env.update(self._private_env.pop(job.id, {}))
         with open(job_dir / LOG_FILE, "ab") as log:
-            log.write(f"\n$ {spec.show_command(job_dir / SPEC_FILE)}\n".encode())
+            log.write(f"{_COMMAND_LINE}{spec.show_command(job_dir / SPEC_FILE)}\n".encode())
             log.flush()
             process = subprocess.Popen(
                 ["/bin/sh", "-c", _WRAPPER, "cogvideox-job", *argv],
@@ -211,6 +326,10 @@ class Runner:
         steps = [e for e in events if e.kind == "step"]
         if steps:
             changes.update(last_step=steps[-1].step, total_steps=steps[-1].total_steps)
+        elif job.kind in PREPARATION_KINDS:  # clips done of clips to do
+            progress = [e for e in events if e.kind == "progress"]
+            if progress:
+                changes.update(last_step=progress[-1].done, total_steps=progress[-1].total)
         self.store.update(job.id, **changes)
         exit_code = self._exit_code(job)
         if exit_code is None and self._alive(job):
@@ -220,31 +339,12 @@ class Runner:
         final = _attempt_final_event(Path(job.job_dir), job.attempt_offset)
         self._finish(self.store.get(job.id), final, exit_code)
 
-    def _finish(self, job: Job, final, exit_code: int | None) -> None:
-        ended = time.time()
-        if job.kind != "train":  # preview workers and pushes report through their own events
-            status, reason, suggestion = _service_outcome(job, exit_code, self._log_tail(job))
-        elif final is not None and final.kind == "done":
-            status, reason, suggestion = "succeeded", None, None
-        elif final is not None and final.kind == "stopped":
-            status = "stopped"
-            reason = (
-                f"stopped at step {final.step}; resume continues from {final.checkpoint}"
-                if final.checkpoint
-                else f"stopped at step {final.step}"
-            )
-            suggestion = None
-        elif job.stop_requested:
-            status, suggestion = "stopped", None
-            reason = (
-                "stopped before training began"
-                if not job.last_step
-                else f"stopped by force at step {job.last_step}: it did not stop in time"
-            )
-        else:
-            message = final.message if final is not None else None
-            found = diagnose(exit_code, message, self._log_tail(job))
-            status, reason, suggestion = found.status, found.reason, found.suggestion
+    def _finish(self, job: Job, final, exit_code: int | None, ended: float | None = None) -> None:
+        """Record how the job's attempt ended, and kill whatever of it is left."""
+        if getattr(final, "exit_code", None) is not None:
+            # The trainer's own status: accelerate's launcher turns any failure into 1.
+            exit_code = final.exit_code
+        status, reason, suggestion = self._outcome(job, final, exit_code)
         # The wrapper has ended; a rank its launcher left behind must not run on unwatched.
         self._signal_group(job, signal.SIGKILL)
         self.store.transition(
@@ -254,8 +354,41 @@ class Runner:
             reason=reason,
             suggestion=suggestion,
             exit_code=exit_code,
-            ended=ended,
+            ended=time.time() if ended is None else ended,
         )
+
+    def _outcome(
+        self, job: Job, final, exit_code: int | None
+    ) -> tuple[str, str | None, str | None]:
+        """(status, reason, suggestion) of an attempt that has ended."""
+        if final is not None and final.kind == "stopped" and final.message:
+            return "stopped", final.message, None  # cancelled before it started, of any kind
+        if job.kind != "train":  # preview workers and pushes report through their own events
+            return _service_outcome(job, exit_code, self._log_tail(job))
+        if final is not None and final.kind == "done":
+            return "succeeded", None, None
+        if final is not None and final.kind == "stopped":
+            if final.checkpoint:
+                return (
+                    "stopped",
+                    f"stopped at step {final.step}; resume continues from {final.checkpoint}",
+                    None,
+                )
+            return "stopped", f"stopped at step {final.step}", None
+        if job.stop_requested and final is None:  # it did not get to say how it ended
+            if not job.last_step:
+                return "stopped", "stopped before training began", None
+            return (
+                "stopped",
+                f"stopped by force at step {job.last_step}: it did not stop in time",
+                None,
+            )
+        message = final.message if final is not None else None
+        full_disk = None
+        if nearly_full(job.job_dir):
+            full_disk = full_disk_sentence(job.job_dir)
+        found = diagnose(exit_code, message, self._log_tail(job), full_disk)
+        return found.status, found.reason, found.suggestion
 
     # ---- liveness --------------------------------------------------------------------------
 
@@ -264,12 +397,9 @@ class Runner:
         child = self._children.get(job.pid) if job.pid else None
         if child is not None and child.poll() is not None:
             self._children.pop(job.pid, None)
-        exit_file = Path(job.job_dir) / EXIT_FILE
-        if exit_file.is_file():
-            try:
-                return int(exit_file.read_text().strip())
-            except ValueError:
-                return None
+        recorded = read_exit_code(Path(job.job_dir))
+        if recorded is not None:
+            return recorded
         if child is not None and child.returncode is not None:
             return child.returncode
         return None
@@ -325,17 +455,24 @@ class Runner:
         """Cancel a queued job, or ask a running one to checkpoint and stop."""
         job = self._require(job_id)
         if job.status == "queued":
-            self.store.transition(
-                job.id,
-                ("queued",),
-                status="stopped",
-                ended=time.time(),
-                reason="cancelled before it started",
-            )
+            reason = "cancelled before it started"
+            with self._changing():
+                if self.store.transition(
+                    job.id, ("queued",), status="stopped", ended=time.time(), reason=reason
+                ):
+                    # The folder is the record: it must say the job was cancelled, not waiting.
+                    writer = EventWriter(job.job_dir, reserve=False)
+                    try:
+                        writer.emit(StoppedEvent(step=job.last_step, message=reason))
+                    finally:
+                        writer.close()
         elif job.status in ("starting", "running"):
-            self.store.transition(
-                job.id, ("starting", "running"), status="stopping", stop_requested=time.time()
-            )
+            try:
+                self.store.transition(
+                    job.id, ("starting", "running"), status="stopping", stop_requested=time.time()
+                )
+            except StoreUnwritable as error:
+                self.warn(str(error))  # the signal is what stops it; its events tell the rest
             self._signal_trainers(self.store.get(job.id), signal.SIGINT)
         elif job.status == "stopping":
             pass  # already asked; the heartbeat escalates if it takes too long
@@ -388,17 +525,19 @@ class Runner:
     def resume(self, job_id: str) -> Job:
         """Queue a stopped, failed or interrupted job again; it continues from its checkpoint."""
         job = self._require(job_id)
-        if not self.store.transition(
-            job.id,
-            ("stopped", "failed", "interrupted"),
-            status="queued",
-            resume_requested=1,
-            reason=None,
-            suggestion=None,
-            exit_code=None,
-            ended=None,
-            stop_requested=None,
-        ):
+        with self._changing():
+            resumed = self.store.transition(
+                job.id,
+                ("stopped", "failed", "interrupted"),
+                status="queued",
+                resume_requested=1,
+                reason=None,
+                suggestion=None,
+                exit_code=None,
+                ended=None,
+                stop_requested=None,
+            )
+        if not resumed:
             raise JobError(
                 f"job {job.id} is {job.status}; only a stopped, failed or "
                 "interrupted job can be resumed"
@@ -410,15 +549,20 @@ class Runner:
         job = self._require(job_id)
         if job.status not in FINISHED:
             raise JobError(f"job {job.id} is {job.status}; stop it before deleting it")
-        if not confirm:
-            raise JobError(
-                f"deleting job {job.id} removes {job.job_dir} and everything in it; "
-                "confirm to go ahead"
-            )
         job_dir = Path(job.job_dir)
-        if job_dir.is_dir() and job_dir.is_relative_to(self.store.runs_dir):
-            shutil.rmtree(job_dir)
-        self.store.delete(job.id)
+        if not confirm:
+            what = (
+                f"its record; the run's files in {job_dir.resolve()} stay"
+                if job_dir.is_symlink()
+                else f"{job.job_dir} and everything in it"
+            )
+            raise JobError(f"deleting job {job.id} removes {what}; confirm to go ahead")
+        with self._changing():
+            if job_dir.is_symlink():  # an output_dir the spec named is the user's: the link goes
+                job_dir.unlink()
+            elif job_dir.is_dir() and job_dir.is_relative_to(self.store.runs_dir):
+                shutil.rmtree(job_dir)
+            self.store.delete(job.id)
 
     def _require(self, job_id: str) -> Job:
         job = self.store.get(job_id)
@@ -427,7 +571,10 @@ class Runner:
         return job
 
     def _log_tail(self, job: Job, size: int = 8192) -> str:
-        return log_tail(Path(job.job_dir) / LOG_FILE, size)
+        """The end of the log of the job's latest attempt (each begins with its `$ command`)."""
+        text = log_tail(Path(job.job_dir) / LOG_FILE, size)
+        start = text.rfind(_COMMAND_LINE)
+        return text[start + 1 :] if start >= 0 else text
 
 
 def _runs_module(cmdline: list[str], module: str) -> bool:
@@ -439,6 +586,24 @@ def _runs_module(cmdline: list[str], module: str) -> bool:
         if not argument.startswith("-"):
             return False  # a script: the launcher's own program
     return False
+
+
+def read_exit_code(job_dir: Path) -> int | None:
+    """The exit status the job's wrapper recorded, if its last attempt has ended."""
+    try:
+        return int((job_dir / EXIT_FILE).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        pass
+    for marker in job_dir.glob(f"{EXIT_FILE}.*"):  # written on a full disk: the name holds it
+        with contextlib.suppress(ValueError):
+            return int(marker.name.removeprefix(f"{EXIT_FILE}."))
+    return None
+
+
+def clear_exit_code(job_dir: Path) -> None:
+    (job_dir / EXIT_FILE).unlink(missing_ok=True)
+    for marker in job_dir.glob(f"{EXIT_FILE}.*"):
+        marker.unlink(missing_ok=True)
 
 
 def log_tail(path: Path, size: int = 8192) -> str:
@@ -468,7 +633,7 @@ def _service_outcome(job: Job, exit_code: int | None, log_tail: str):
 def _attempt_final_event(job_dir: Path, attempt_offset: int):
     """The current attempt's done, failed or stopped event, if it wrote one."""
     final = None
-    for event in EventTail(job_dir / "events.jsonl", attempt_offset).read_new():
+    for event in EventTail(job_dir / EVENTS_FILE, attempt_offset).read_new():
         if event.kind in FINAL_KINDS:
             final = event
     return final

@@ -1,8 +1,9 @@
 """`JobSpec`: a training run as the app and the CLI submit it.
 
 A job spec is a `TrainConfig` plus what the trainer itself does not decide: a name, the kind of
-job, the GPUs it runs on and how accelerate launches it. Two more kinds reuse the machinery:
-`infer` (a warm preview worker) and `push` (a push of a finished run to the Hub).
+job, the GPUs it runs on and how accelerate launches it. More kinds reuse the machinery:
+`infer` (a warm preview worker), `push` (a push of a finished run to the Hub), and the dataset
+preparation commands `split` (long videos into scene clips) and `caption` (automatic captions).
 
 Its JSON form is what `spec.json` holds: `{"name", "kind", "gpu_ids", "launch": {...}, "train":
 {TrainConfig fields by flag name}}`; the trainer reads the "train" part of the same file
@@ -106,11 +107,89 @@ class PushSettings(BaseModel):
     endpoint: str | None = None
 
 
+def _absolute_path(path: str) -> str:
+    """The job runs in its own folder: a path typed relative to here must not move."""
+    return str(Path(path).expanduser().resolve())
+
+
+class SplitSettings(BaseModel):
+    """`python -m core.data split`: long videos into scene clips (core/data/split.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[str] = Field(min_length=1)
+    out: str
+    family: str = "5b"
+    frames: int | None = Field(None, ge=2)
+    fps: float | None = Field(None, gt=0, le=120)
+    size: str | None = None
+    crop: Literal["center", "none"] = "center"
+    min_seconds: float = Field(1.0, ge=0)
+    max_clips_per_scene: int | None = Field(None, ge=1)
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_absolute(cls, inputs: list[str]) -> list[str]:
+        return [_absolute_path(path) for path in inputs]
+
+    @field_validator("out")
+    @classmethod
+    def _out_absolute(cls, out: str) -> str:
+        return _absolute_path(out)
+
+    def to_argv(self) -> list[str]:
+        argv = ["split", *self.inputs, self.out, "--family", self.family, "--crop", self.crop]
+        argv += ["--min-seconds", str(self.min_seconds)]
+        for flag, value in (
+            ("--frames", self.frames),
+            ("--fps", self.fps),
+            ("--size", self.size),
+            ("--max-clips-per-scene", self.max_clips_per_scene),
+        ):
+            argv += [flag, str(value)] if value is not None else []
+        return argv
+
+
+class CaptionSettings(BaseModel):
+    """`python -m core.data caption`: captions from a vision-language model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    folder: str
+    model: str | None = None  # the captioner's default (core/captioner.py)
+    prompt: str | None = None
+    prefix: str = ""
+    frames: int = Field(8, ge=1, le=64)
+    overwrite: bool = False
+    overwrite_person: bool = False
+    batch_size: int = Field(1, ge=1, le=64)
+    max_new_tokens: int = Field(200, ge=1, le=1000)
+
+    @field_validator("folder")
+    @classmethod
+    def _folder_absolute(cls, folder: str) -> str:
+        return _absolute_path(folder)
+
+    def to_argv(self) -> list[str]:
+        argv = ["caption", self.folder, "--frames", str(self.frames)]
+        argv += ["--batch-size", str(self.batch_size), "--max-new-tokens", str(self.max_new_tokens)]
+        # flag=value: a prompt that starts with "-" must not read as a flag
+        for flag, value in (("--model", self.model), ("--prompt", self.prompt)):
+            argv += [f"{flag}={value}"] if value else []
+        argv += [f"--prefix={self.prefix.strip()}"] if self.prefix.strip() else []
+        argv += ["--overwrite"] if self.overwrite else []
+        argv += ["--overwrite-person"] if self.overwrite_person else []
+        return argv
+
+
+PREPARATION_KINDS = ("split", "caption")
+
+
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("run", min_length=1, max_length=120)
-    kind: Literal["train", "infer", "push"] = "train"
+    kind: Literal["train", "infer", "push", "split", "caption"] = "train"
     gpu_ids: list[int] = Field(
         default_factory=list, description="GPU indices to run on; empty means the CPU."
     )
@@ -118,6 +197,8 @@ class JobSpec(BaseModel):
     train: TrainConfig | None = None
     infer: InferSettings | None = None
     push: PushSettings | None = None
+    split: SplitSettings | None = None
+    caption: CaptionSettings | None = None
 
     @model_validator(mode="after")
     def _payload_matches_kind(self) -> JobSpec:
@@ -127,7 +208,9 @@ class JobSpec(BaseModel):
 
     @property
     def exclusive(self) -> bool:
-        """Whether the job holds its GPUs (or the CPU) so that others wait for them."""
+        """Whether the job holds its GPUs (or the CPU) so that others wait for them: a caption
+        job holds its GPUs until its process has exited, so a training job queued behind it
+        starts on a GPU whose memory has been given back."""
         if self.kind == "push":
             return False
         return not (self.kind == "infer" and self.infer.allow_busy_gpu)
@@ -164,12 +247,34 @@ class JobSpec(BaseModel):
     def processes(self) -> int:
         return self.launch.num_processes or max(1, len(self.gpu_ids))
 
+    @property
+    def single_cpu_process(self) -> bool:
+        """One trainer process on this machine's CPU, no accelerate config: it runs as a plain
+        Python module with the environment `accelerate launch --cpu` would give it. The launcher
+        would be one more interpreter importing torch, seconds before the first step."""
+        return (
+            self.kind == "train"
+            and not self.gpu_ids
+            and self.processes == 1
+            and self.launch.num_machines == 1
+            and not self.launch.config_file
+        )
+
     def launch_env(self) -> dict[str, str]:
         """Environment the launch needs: CPU runs tell accelerate to use gloo on the CPU.
 
         Not under DeepSpeed: that flag would make accelerate drop DeepSpeed for plain data
         parallel; the trainer names gloo for DeepSpeed's ranks itself.
         """
+        if self.single_cpu_process:  # what accelerate's simple launcher sets, flag by flag
+            return {
+                "ACCELERATE_USE_CPU": "True",
+                "ACCELERATE_MIXED_PRECISION": self.launch.mixed_precision or "no",
+                "ACCELERATE_DYNAMO_BACKEND": "NO",
+                "OMP_NUM_THREADS": str(os.cpu_count() or 1),
+                "KMP_AFFINITY": "granularity=fine,compact,1,0",
+                "KMP_BLOCKTIME": "1",
+            }
         return {} if self.gpu_ids or self.deepspeed else {"ACCELERATE_USE_CPU": "1"}
 
     def _torchrun_argv(self) -> list[str]:
@@ -196,7 +301,10 @@ class JobSpec(BaseModel):
         return argv
 
     def launch_argv(self) -> list[str]:
-        """`accelerate launch` and its flags, up to the module it runs."""
+        """`accelerate launch` and its flags, up to the module it runs (the interpreter alone
+        for a single CPU process)."""
+        if self.single_cpu_process:
+            return [sys.executable]
         launch = self.launch
         cpu_ranks = self.processes > 1 or launch.num_machines > 1
         if not self.gpu_ids and cpu_ranks and not self.deepspeed:
@@ -266,6 +374,10 @@ class JobSpec(BaseModel):
             argv += ["--update"] if push.update else []
             argv += ["--endpoint", push.endpoint] if push.endpoint else []
             return argv
+        if self.kind in PREPARATION_KINDS:
+            settings = getattr(self, self.kind)
+            events = ["--events", str(folder / "events.jsonl")]
+            return [sys.executable, "-m", "core.data", *settings.to_argv(), *events]
         if spec_path is not None:
             return [*self.launch_argv(), "-m", "core.train", "--config", str(spec_path)]
         return [*self.launch_argv(), "-m", "core.train", *to_argv(self.train)]
@@ -273,6 +385,8 @@ class JobSpec(BaseModel):
     def show_command(self, spec_path: str | Path | None = None) -> str:
         argv = self.to_argv(spec_path)
         argv[0] = Path(argv[0]).name if self.kind == "train" else "python"
+        if self.kind == "train" and self.single_cpu_process:
+            argv = ["ACCELERATE_USE_CPU=true", "python", *argv[1:]]  # as the runner starts it
         return shlex.join(argv)
 
     def node_commands(self) -> list[str]:
@@ -295,17 +409,38 @@ def make_spec(**fields) -> JobSpec:
 
 
 def describe_spec_error(error: ValidationError) -> str:
-    """The first problem as one sentence; a launch setting is named by its accelerate flag."""
+    """The first problem as one sentence: a trainer or launch setting is named by its flag, any
+    other part of the spec by its key."""
     first = error.errors()[0]
     location = [str(part) for part in first.get("loc", ()) if not isinstance(part, int)]
-    if location[:1] != ["launch"]:
-        return describe_validation_error(error)
+    kind = first.get("type")
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
-    if len(location) == 1:  # the spec's own check of its launch names the flag itself
+    if kind == "json_invalid":
+        return f"not valid JSON ({message.removeprefix('Invalid JSON: ')})"
+    if not location:  # the spec as a whole, or its own checks (which name what to fix)
+        if kind == "model_type":
+            return f"a job spec must be a JSON object with {_keys(JobSpec)}"
         return message
+    section = location[0]
+    if section == "train":
+        return describe_validation_error(error)
+    if kind == "extra_forbidden":
+        if len(location) == 1:
+            return f"{section!r} is not part of a job spec, which holds {_keys(JobSpec)}"
+        if section == "launch":
+            return f"--{location[-1]} is not a launch setting; they are {_keys(LaunchSettings)}"
+        return f"{'.'.join(location)!r} is not a setting of a {section} job"
     value = first.get("input")
     got = f" (got {value!r})" if value is not None and str(value) not in message else ""
-    return f"--{location[-1]}: {message}{got}"
+    if section == "launch" and len(location) > 1:
+        return f"--{location[-1]}: {message}{got}"
+    if section == "launch":  # the spec's own check of its launch names the flag itself
+        return message
+    return f"{'.'.join(location)!r} in the spec: {message}{got}"
+
+
+def _keys(model: type[BaseModel]) -> str:
+    return ", ".join(model.model_fields)
 
 
 def _venv_executable(name: str) -> str:

@@ -4,10 +4,17 @@ Every process that deals with jobs (the app, the `python -m jobs` CLI, the queue
 job runs) opens the same file; WAL lets readers go on while one writes, and a busy timeout makes
 concurrent writers wait instead of failing. The schema carries a version and migrates forward
 when an older database is opened.
+
+The job folders are the record and this database only their index (jobs/recovery.py adds back
+any folder it lacks). So a damaged database (truncated, overwritten) is kept aside under
+another name and replaced by a fresh one, and on a disk too full to open it for writing the
+store is read into memory: listing and following jobs go on, nothing is written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import sqlite3
 import time
@@ -15,6 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from core.diskspace import full_disk_sentence, nearly_full
 
 DB_FILE = "jobs.db"
 ACTIVE = ("starting", "running", "stopping")
@@ -122,46 +131,156 @@ def new_job_id(name: str) -> str:
     return f"{stamp}-{slug}-{uuid.uuid4().hex[:6]}"
 
 
+class StoreUnwritable(Exception):
+    """The store cannot be written (its disk is full); the message says which disk."""
+
+
+class _Damaged(sqlite3.DatabaseError):
+    """An integrity check that found the database damaged."""
+
+
+def _is_damage(error: sqlite3.DatabaseError) -> bool:
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+    return isinstance(error, _Damaged) or code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _is_disk_trouble(error: sqlite3.DatabaseError, workspace: Path) -> bool:
+    """SQLITE_FULL, or an I/O error (or a file it cannot create) on a disk with no space left."""
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+    io_trouble = code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN)
+    return code == sqlite3.SQLITE_FULL or (io_trouble and nearly_full(workspace))
+
+
 class JobStore:
     def __init__(self, workspace: str | Path):
         self.workspace = Path(workspace).expanduser()
         self.workspace.mkdir(parents=True, exist_ok=True)
         self.runs_dir = self.workspace / "runs"
         self.path = self.workspace / DB_FILE
-        self._db = sqlite3.connect(
-            self.path, timeout=10.0, isolation_level=None, check_same_thread=False
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
+        self.notice: str | None = None  # what opening it found wrong, to be said once
+        self.read_only = False  # a copy in memory: the disk holding the store is full
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError as error:
+            if _is_damage(error):
+                self._db = self._replace_damaged(error)
+            elif _is_disk_trouble(error, self.workspace):
+                self._db = self._copy_into_memory()
+            else:
+                raise
 
-    def _migrate(self) -> None:
+    def _connect(self) -> sqlite3.Connection:
+        """The database, migrated to SCHEMA_VERSION and checked for damage."""
+        db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(db)
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+            if verdict != "ok":
+                raise _Damaged(verdict.splitlines()[-1])
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _replace_damaged(self, error: sqlite3.DatabaseError) -> sqlite3.Connection:
+        """Keep the damaged file aside and start a fresh one (once, whoever gets here first)."""
+        with open(self.workspace / f".{DB_FILE}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return self._connect()  # another process replaced it in the meantime
+            except sqlite3.DatabaseError as again:
+                if not _is_damage(again):
+                    raise
+            kept = self.path.with_name(f"{DB_FILE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            self.path.replace(kept)
+            for suffix in ("-wal", "-shm"):
+                side = self.path.with_name(DB_FILE + suffix)
+                if side.exists():
+                    side.replace(kept.with_name(kept.name + suffix))
+            db = self._connect()
+        self.notice = (
+            f"the job store {self.path} was damaged ({error}); it was kept as {kept.name} "
+            f"and the job list is rebuilt from the job folders in {self.runs_dir}"
+        )
+        return db
+
+    def _copy_into_memory(self, source: sqlite3.Connection | None = None) -> sqlite3.Connection:
+        """The store read into memory, for a disk too full to write it: changes stay here."""
+        db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        # If the store cannot even be read, the job folders still tell what the list shows.
+        with contextlib.suppress(sqlite3.DatabaseError):
+            if source is not None:
+                source.backup(db)
+            else:  # immutable: read without the shared-memory file a full disk cannot hold
+                with contextlib.closing(
+                    sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True)
+                ) as file:
+                    file.backup(db)
+        self._migrate(db)
+        self.read_only = True
+        self.notice = (
+            "the job store cannot be written: "
+            + full_disk_sentence(self.workspace, "free space so that it can be updated")
+            + "; showing the jobs as their folders say"
+        )
+        return db
+
+    def keep_in_memory(self) -> None:
+        """Go on from a copy in memory: the disk holding the store has filled up."""
+        if not self.read_only:
+            previous, self._db = self._db, self._copy_into_memory(self._db)
+            previous.close()
+
+    def reattach(self) -> bool:
+        """Back to the file once its disk has room again; whether the store is writable."""
+        if self.read_only and not nearly_full(self.workspace):
+            with contextlib.suppress(sqlite3.DatabaseError):
+                previous, self._db = self._db, self._connect()
+                previous.close()
+                self.read_only, self.notice = False, None
+        return not self.read_only
+
+    def _write(self, sql: str, parameters: tuple = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, parameters)
+        except sqlite3.OperationalError as error:
+            if _is_disk_trouble(error, self.workspace):
+                raise StoreUnwritable(
+                    "the job store cannot be written: "
+                    + full_disk_sentence(self.workspace, "free space and try again")
+                ) from error
+            raise
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
         """Bring the schema up to SCHEMA_VERSION, one migration a transaction.
 
         The version is read again under the write lock, so two processes opening a new
         workspace at once migrate it once.
         """
         while True:
-            self._db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")
             try:
-                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
                     raise RuntimeError(
                         f"{self.path} was written by a newer version of the app (schema "
                         f"{version}, this one knows {SCHEMA_VERSION})"
                     )
                 if version == SCHEMA_VERSION:
-                    self._db.execute("COMMIT")
+                    db.execute("COMMIT")
                     return
                 for statement in MIGRATIONS[version].split(";"):
                     if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {version + 1}")
-                self._db.execute("COMMIT")
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {version + 1}")
+                db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
 
     def close(self) -> None:
@@ -200,6 +319,7 @@ class JobStore:
         gpu_ids: list[int],
         job_id: str | None = None,
         exclusive: bool = True,
+        created: float | None = None,
     ) -> Job:
         job_id = job_id or new_job_id(name)
         job = Job(
@@ -209,13 +329,13 @@ class JobStore:
             status="queued",
             gpu_ids=list(gpu_ids),
             job_dir=str(self.runs_dir / job_id),
-            created=time.time(),
+            created=time.time() if created is None else created,
             exclusive=int(exclusive),
         )
         values = {name: getattr(job, name) for name in _COLUMNS}
         values["gpu_ids"] = json.dumps(values["gpu_ids"])
         marks = ",".join("?" * len(values))
-        self._db.execute(
+        self._write(
             f"INSERT INTO jobs ({','.join(values)}) VALUES ({marks})", tuple(values.values())
         )
         return job
@@ -224,17 +344,20 @@ class JobStore:
         if "gpu_ids" in changes:
             changes["gpu_ids"] = json.dumps(changes["gpu_ids"])
         assignments = ", ".join(f"{name} = ?" for name in changes)
-        self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*changes.values(), job_id))
+        self._write(f"UPDATE jobs SET {assignments} WHERE id = ?", (*changes.values(), job_id))
 
     def transition(self, job_id: str, from_statuses: tuple[str, ...], **changes: Any) -> bool:
         """Apply `changes` only if the job is still in one of `from_statuses` (atomic claim)."""
         assignments = ", ".join(f"{name} = ?" for name in changes)
         marks = ",".join("?" * len(from_statuses))
-        cursor = self._db.execute(
+        cursor = self._write(
             f"UPDATE jobs SET {assignments} WHERE id = ? AND status IN ({marks})",
             (*changes.values(), job_id, *from_statuses),
         )
         return cursor.rowcount == 1
 
     def delete(self, job_id: str) -> None:
-        self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        self._write("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def ids(self) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT id FROM jobs")}

@@ -71,3 +71,23 @@ def runner(tmp_path):
     yield runner
     for job in runner.store.list(ACTIVE):
         runner._signal_group(job, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(tmp_path_factory) -> Path:
+    """A tiny random Qwen3-VL in the Hub repo's layout (core/tiny_captioner.py)."""
+    from core.tiny_captioner import build_tiny_captioner
+
+    return build_tiny_captioner(tmp_path_factory.mktemp("tiny-captioner"))
+
+
+@pytest.fixture
+def busy_cpu():
+    """Call with a runner: a running job then holds its CPU (tests/job_folders.py)."""
+    from tests.job_folders import hold_the_cpu
+
+    processes = []
+    yield lambda runner: processes.append(hold_the_cpu(runner))
+    for process in processes:
+        process.kill()
+        process.wait()

@@ -15,6 +15,7 @@ import pytest
 
 from core.events import read_events
 from jobs.__main__ import main as jobs_main
+from jobs.events import EventTail
 from jobs.runner import JobError, Runner
 from jobs.spec import JobSpec
 
@@ -55,24 +56,26 @@ def steps_logged(job) -> list[int]:
     return [e.step for e in read_events(path) if e.kind == "step"]
 
 
-def test_queue_lifecycle_disjoint_gpus_run_together_and_a_busy_gpu_waits(
+def test_the_queue_advances_with_nobody_polling_and_disjoint_gpus_run_together(
     runner, tiny_models, reference_dataset
 ):
+    """After submitting, nobody polls: each finished job's own tick records it and starts
+    what waited for its GPU (headless, no app, no CLI command)."""
     first = runner.submit(make_spec(tiny_models, reference_dataset, "first", [0], train_steps=40))
     second = runner.submit(make_spec(tiny_models, reference_dataset, "second", [1]))
     waiting = runner.submit(make_spec(tiny_models, reference_dataset, "third", [0]))
     assert first.status == "running" and second.status == "running"
     assert waiting.status == "queued"
     seen = {waiting.status}
-    while True:
-        runner.poll()
-        job = runner.store.get(waiting.id)
+
+    def waiting_has_finished():
+        job = runner.store.get(waiting.id)  # reads the store; never reconciles or schedules
         seen.add(job.status)
-        if job.finished:
-            break
         if runner.store.get(first.id).status == "running":
             assert job.status == "queued", "a job started on a GPU another job holds"
-        time.sleep(0.1)
+        return job.finished
+
+    wait_for(waiting_has_finished, timeout=240, what="the queued job to run and finish")
     assert {"queued", "running", "succeeded"} <= seen
     for job_id in (first.id, second.id, waiting.id):
         job = runner.store.get(job_id)
@@ -120,8 +123,12 @@ def test_the_run_outlives_the_app_that_started_it(tiny_models, reference_dataset
     assert job.last_step == 400
 
 
-def test_kill_9_of_the_trainer_fails_with_a_reason(runner, tiny_models, reference_dataset):
-    job = runner.submit(make_spec(tiny_models, reference_dataset, train_steps=LONG))
+def test_kill_9_fails_with_a_reason_and_a_lone_sigterm_stops_with_143(
+    runner, tiny_models, reference_dataset
+):
+    job = runner.submit(
+        make_spec(tiny_models, reference_dataset, train_steps=LONG, checkpointing_steps=2)
+    )
     wait_for(lambda: steps_logged(job), what="the first step")
     trainers = runner._trainers(runner.store.get(job.id))
     assert len(trainers) == 1
@@ -129,6 +136,23 @@ def test_kill_9_of_the_trainer_fails_with_a_reason(runner, tiny_models, referenc
     job = runner.wait(job.id, timeout=60)
     assert job.status == "failed"
     assert "killed (SIGKILL)" in job.reason and job.suggestion
+
+    # A SIGTERM to the trainer alone (not through Stop): it checkpoints and stops, and the
+    # trainer's own status is recorded, not the 1 accelerate's launcher turns it into.
+    runner.resume(job.id)
+
+    def resumed_and_stepping():
+        current = runner.store.get(job.id)
+        tail = EventTail(Path(current.job_dir) / "events.jsonl", current.attempt_offset)
+        return current.status == "running" and any(e.kind == "step" for e in tail.read_new())
+
+    wait_for(resumed_and_stepping, what="a step of the resumed run")
+    runner._trainers(runner.store.get(job.id))[0].send_signal(signal.SIGTERM)
+    job = runner.wait(job.id, timeout=60)
+    assert job.status == "stopped" and job.exit_code == 128 + signal.SIGTERM
+    checkpoint = f"checkpoint-{job.last_step}"
+    assert job.reason == f"stopped at step {job.last_step}; resume continues from {checkpoint}"
+    assert (Path(job.job_dir) / checkpoint / "checkpoint.json").is_file()
 
 
 def test_out_of_memory_fails_with_the_reason_and_a_suggestion(
@@ -227,19 +251,39 @@ def test_a_recycled_pid_is_not_taken_for_the_job(runner, tiny_models, reference_
     assert job.status == "interrupted" and "without a final report" in job.reason
 
 
-def test_cli_start_show_and_list(tiny_models, reference_dataset, tmp_path, capsys):
+def test_cli_start_show_list_and_the_same_run_twice(
+    tiny_models, reference_dataset, tmp_path, busy_cpu, capsys
+):
+    """`start` queues (the CPU is busy), `show` and `list` read the record, the same run is not
+    started twice unless asked, a second stop is one sentence, and so is a bad spec."""
     workspace = str(tmp_path / "workspace")
+    busy_cpu(Runner(workspace))
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(make_spec(tiny_models, reference_dataset, "cli").model_dump_json())
-    assert jobs_main(["--workspace", workspace, "start", str(spec_path)]) == 0
+    start = ["--workspace", workspace, "start", str(spec_path)]
+    assert jobs_main(start) == 0
     job_id = capsys.readouterr().out.strip()
-    Runner(workspace).wait(job_id, timeout=120)
     assert jobs_main(["--workspace", workspace, "show", job_id, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert {"status", "pid", "exit_code", "reason", "last_step", "job_dir"} <= set(record)
-    assert record["status"] == "succeeded" and record["last_step"] == 6
+    assert record["status"] == "queued" and Path(record["job_dir"], "spec.json").is_file()
     assert jobs_main(["--workspace", workspace, "list", "--json"]) == 0
-    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [job_id]
+    assert job_id in [r["id"] for r in json.loads(capsys.readouterr().out)]
+
+    assert jobs_main(start) == 2
+    assert capsys.readouterr().err == (
+        f"error: the same run is already queued as {job_id}; it is not started twice "
+        "(pass --again to start another)\n"
+    )
+    assert jobs_main([*start, "--again"]) == 0
+    again = capsys.readouterr().out.strip()
+    assert again != job_id and Runner(workspace).store.get(again).status == "queued"
+
+    stop = ["--workspace", workspace, "stop", job_id]
+    assert jobs_main(stop) == 0 and "cancelled before it started" in capsys.readouterr().out
+    assert jobs_main(stop) == 2
+    assert capsys.readouterr().err == f"error: job {job_id} has already ended (stopped)\n"
+
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"train": {"lr": -1}}))
     assert jobs_main(["--workspace", workspace, "start", str(bad)]) == 2

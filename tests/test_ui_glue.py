@@ -9,6 +9,7 @@ import gradio as gr
 import pytest
 
 from core.config import TrainConfig, make_config
+from core.confine import Confinement
 from core.data.captions import add_trigger, bulk_edit, find_replace, read_captions, write_captions
 from core.data.importing import import_files, link_server_folder, safe_name
 from core.data.synthetic import make_reference_dataset, write_clip
@@ -75,7 +76,7 @@ def test_uploaded_names_cannot_escape_and_keep_their_unicode(tmp_path):
     with pytest.raises(UserError, match="nothing was uploaded"):
         import_files([], tmp_path / "empty")
     with pytest.raises(UserError, match="outside the folders"):
-        link_server_folder(str(tmp_path), [tmp_path / "ds"])
+        link_server_folder(str(tmp_path), Confinement([tmp_path / "ds"]))
 
 
 def test_a_flattened_reference_upload_is_repointed(tmp_path):
@@ -142,10 +143,12 @@ def test_start_submits_the_automatic_config_and_the_machines(train_tab):
     chosen = train_tab._spec("run", [0, 1], launch_values("fsdp"), lora)
     assert chosen.launch.config_file == str(config_path("fsdp"))
     # The node commands of what Show command shows, one a machine.
-    command, nodes, message = train_tab.show_command("run", [0, 1], *two_machines, *lora)
-    assert message == "" and nodes.visible
+    shown = train_tab.show_command(None, "run", [0, 1], *two_machines, *lora)
+    nodes = shown[train_tab.node_commands]
+    assert shown[train_tab.message] == "" and nodes.visible
     assert "--machine_rank 0" in nodes.value and "--machine_rank 1" in nodes.value
-    assert command in nodes.value
+    command = shown[train_tab.command].value
+    assert " ".join(command.replace("\\\n", " ").split()) in " ".join(nodes.value.split())
     hidden = train_tab.show_node_commands("run", [0, 1], *launch_values(), *lora)
     assert not hidden.visible
 
@@ -163,8 +166,9 @@ def test_a_bad_launch_setting_is_shown_in_the_message_area_and_nothing_starts(
     train_tab, launch, words
 ):
     values = train_tab.form.values_of({})
-    message, job = train_tab.start_job("run", [], *launch, *values)
+    message, job, refusal = train_tab.start_job("run", [], *launch, *values)
     assert job is None and 'class="studio-error"' in message and words in message
+    assert refusal.field in ("config_file", *train_tab.launch_widgets)
     assert not train_tab.studio.runner.store.list()
 
 

@@ -7,6 +7,7 @@ refused here with the same sentence the trainer would print.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, get_args, get_origin
 
 import annotated_types
@@ -55,12 +56,26 @@ def _core_type(annotation: Any) -> Any:
     return annotation
 
 
+def help_text(name: str) -> str:
+    """A field's help line under its label: the flag, what it does and its bounds."""
+    info = TrainConfig.model_fields[name]
+    return f"--{name}. {info.description or ''}{_bounds(info)}"
+
+
+def number_step(default: float | None) -> float:
+    """How far the arrows of a float box move it: one unit of the default's leading digit, so
+    a learning rate of 1e-4 steps by 1e-4 (never by 1)."""
+    if not default:
+        return 0.01
+    magnitude = 10 ** math.floor(math.log10(abs(default)))
+    return float(magnitude) if abs(default) < 1 else (1.0 if abs(default) >= 10 else 0.1)
+
+
 def _widget(name: str, info) -> gr.components.Component:
     annotation = _core_type(info.annotation)
     extra = info.json_schema_extra or {}
-    help_text = f"--{name}. {info.description or ''}{_bounds(info)}"
     default = info.get_default(call_default_factory=True)
-    common = {"label": label(name), "info": help_text, "elem_id": f"field-{name}"}
+    common = {"label": label(name), "info": help_text(name), "elem_id": f"field-{name}"}
     origin = get_origin(annotation)
     if annotation is bool:
         return gr.Checkbox(value=bool(default), **common)
@@ -73,8 +88,10 @@ def _widget(name: str, info) -> gr.components.Component:
         if extra.get("separator"):  # prompts: one per line
             return gr.Textbox(value="\n".join(default or []), lines=3, **common)
         return gr.Textbox(value=" ".join(map(str, default or [])), **common)
-    if annotation in (int, float) and default is not None:
-        return gr.Number(value=default, precision=0 if annotation is int else None, **common)
+    if annotation is int and default is not None:
+        return gr.Number(value=default, precision=0, **common)
+    if annotation is float and default is not None:
+        return gr.Number(value=default, step=number_step(default), **common)
     if annotation in (int, float):  # optional: blank means "not set", which a Number can't show
         return gr.Textbox(value="", placeholder="not set", **common)
     return gr.Textbox(value="" if default is None else str(default), **common)
@@ -86,8 +103,11 @@ class TrainForm:
     def __init__(self):
         self.fields = [name for name in TrainConfig.model_fields if name not in APP_OWNED]
         self.widgets: dict[str, gr.components.Component] = {}
+        # The folds around each field, outermost first: opened to show a refused value.
+        self.folds: dict[str, list[gr.Accordion]] = {}
 
     def render(self) -> None:
+        """Each group a fold; its fields flow in columns (`.form-grid`), advanced ones folded."""
         by_group: dict[str, list[str]] = {group: [] for group in GROUPS}
         for name in self.fields:
             extra = TrainConfig.model_fields[name].json_schema_extra or {}
@@ -97,13 +117,35 @@ class TrainForm:
                 continue
             basic = [n for n in names if not _advanced(n)]
             advanced = [n for n in names if _advanced(n)]
-            with gr.Accordion(GROUP_TITLES[group], open=group in OPEN_GROUPS):
-                for name in basic:
-                    self.widgets[name] = _widget(name, TrainConfig.model_fields[name])
+            with gr.Accordion(GROUP_TITLES[group], open=group in OPEN_GROUPS) as fold:
+                with gr.Column(elem_classes=["form-grid"]):
+                    for name in basic:
+                        self.widgets[name] = _widget(name, TrainConfig.model_fields[name])
+                        self.folds[name] = [fold]
                 if advanced:
-                    with gr.Accordion("Advanced", open=False):
+                    with (
+                        gr.Accordion("Advanced", open=False) as inner,
+                        gr.Column(elem_classes=["form-grid"]),
+                    ):
                         for name in advanced:
                             self.widgets[name] = _widget(name, TrainConfig.model_fields[name])
+                            self.folds[name] = [fold, inner]
+
+    @property
+    def fold_components(self) -> list[gr.Accordion]:
+        return list({id(fold): fold for folds in self.folds.values() for fold in folds}.values())
+
+    def marked(self, name: str, sentence: str) -> dict:
+        """Updates that show `sentence` at the field (in red, its folds opened)."""
+        updates: dict = {fold: gr.Accordion(open=True) for fold in self.folds.get(name, [])}
+        updates[self.widgets[name]] = gr.update(
+            info=f"⚠ {sentence}", elem_classes=["field-error"], visible=True
+        )
+        return updates
+
+    def unmarked(self, name: str) -> dict:
+        """Updates that give the field its help line back."""
+        return {self.widgets[name]: gr.update(info=help_text(name), elem_classes=[])}
 
     @property
     def components(self) -> list[gr.components.Component]:

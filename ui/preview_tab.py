@@ -1,12 +1,15 @@
 """Preview tab: generate with a run's LoRA (or any LoRA folder or Hub id) beside its base model.
 
 Generation happens in the warm preview worker (a job), never in the web process; the page keeps
-only a ticket and polls for the result on its timer. The preview protocol and the worker's
+only a ticket and polls for the result on a timer that runs only while a preview is on its way.
+The settings start from the newest finished run's validation settings (the shape it trained
+and validated at), not from the full-size defaults. The preview protocol and the worker's
 client are imported by the handlers that use them: building the page needs neither.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 from pathlib import Path
@@ -15,15 +18,45 @@ from typing import TYPE_CHECKING
 import gradio as gr
 from pydantic import ValidationError
 
-from core.config import describe_validation_error
+from core.config import describe_validation_error, parse_bucket
+from core.errors import UserError
 from ui.studio import Studio
 
 if TYPE_CHECKING:
     from jobs.previews import Ticket
 
+POLL_SECONDS = 1.0
+PHASES = {
+    "started": "Generating… the worker took the request",
+    "loading": "Generating… loading the base model (the first preview of a base loads it once)",
+    "generating": "Generating…",
+}
+
 
 def _message(text: str, kind: str = "info") -> str:
     return f'<div class="studio-{kind}">{html.escape(text)}</div>' if text else ""
+
+
+def run_settings(job_dir: Path) -> dict:
+    """A finished run's preview settings: its base model, first validation prompt, and the
+    shape and steps it validated with (the first bucket's shape when none were set)."""
+    config = json.loads((job_dir / "train_config.json").read_text(encoding="utf-8"))
+    frames, height, width = (int(v) for v in config["video_resolution_buckets"][0].split("x"))
+    return {
+        "base": config["pretrained_model_name_or_path"],
+        "prompt": (config.get("validation_prompts") or [""])[0],
+        "frames": config.get("validation_frames") or frames,
+        "height": config.get("validation_height") or height,
+        "width": config.get("validation_width") or width,
+        "steps": config.get("validation_inference_steps") or 50,
+    }
+
+
+def panel_labels_html(labels: list[str]) -> str:
+    """The side-by-side panels' names in a row above the video, as wide as the panels (the
+    names drawn in the video get small when the video is)."""
+    cells = "".join(f"<span>{html.escape(label)}</span>" for label in labels)
+    return f'<div class="panel-labels">{cells}</div>' if len(labels) > 1 else ""
 
 
 class PreviewTab:
@@ -54,17 +87,24 @@ class PreviewTab:
             self.busy_gpu = gr.Checkbox(value=False, label="Allow a GPU a training run uses")
             self.generate = gr.Button("Generate", variant="primary", elem_id="generate")
         self.status = gr.HTML(elem_id="preview-status")
+        self.panels = gr.HTML(elem_id="preview-panels")
         self.video = gr.Video(label="Preview", elem_id="preview-video", interactive=False)
         self.ticket = gr.State(None)
-        self.timer = gr.Timer(1.0)
+        self.timer = gr.Timer(POLL_SECONDS, active=False)
+        self.settings = [self.base, self.prompt, self.frames, self.height, self.width, self.steps]
         private = {"api_visibility": "private"}
-        self.run.input(
-            self.pick_run,
-            [self.run],
-            [self.base, self.prompt, self.frames, self.height, self.width],
-            **private,
-        )
+        self.run.input(self.pick_run, [self.run], self.settings, **private)
+        # "Generating…" at once (no queue), then the request, which may first wait for the
+        # demo model to finish building.
         self.generate.click(
+            lambda: _message("Generating…"),
+            None,
+            [self.status],
+            queue=False,
+            show_progress="hidden",
+            trigger_mode="once",
+            **private,
+        ).then(
             self.start,
             [
                 self.run,
@@ -81,14 +121,13 @@ class PreviewTab:
                 self.busy_gpu,
                 gpus_widget,
             ],
-            [self.ticket, self.status],
+            [self.ticket, self.status, self.panels, self.timer],
             **private,
-            trigger_mode="once",
         )
         self.timer.tick(
             self.poll,
             [self.ticket],
-            [self.ticket, self.status, self.video],
+            [self.ticket, self.status, self.panels, self.video, self.timer],
             show_progress="hidden",
             **private,
         )
@@ -100,14 +139,41 @@ class PreviewTab:
             if job.kind == "train" and job.status == "succeeded"
         ]
 
+    def opened(self, current: str | None, model: str, prompts: str, buckets: str, base: str):
+        """The tab is open: the finished runs, the newest one chosen (with its settings) unless
+        one still is. With no finished run yet, the Train tab's base model, first validation
+        prompt and first bucket: what the run would start from."""
+        choices = self.run_choices()
+        if current and any(value == current for _, value in choices):
+            return (gr.Dropdown(choices=choices), *[gr.skip()] * len(self.settings))
+        if choices:
+            newest = choices[0][1]
+            return (gr.Dropdown(choices=choices, value=newest), *self.pick_run(newest))
+        if base and base.strip():  # typed in already: the user's, not ours to replace
+            return (gr.Dropdown(choices=choices), *[gr.skip()] * len(self.settings))
+        prompt = next((line.strip() for line in (prompts or "").splitlines() if line.strip()), "")
+        shape = [gr.skip()] * 3  # unless the first bucket is one (the Train tab says if not)
+        with contextlib.suppress(ValueError, IndexError):
+            shape = list(parse_bucket((buckets or "").split()[0]))
+        return (
+            gr.Dropdown(choices=choices),
+            model or gr.skip(),
+            prompt or gr.skip(),
+            *shape,
+            gr.skip(),
+        )
+
     def pick_run(self, job_id: str):
         job = self.studio.runner.store.get(job_id) if job_id else None
         if job is None:
-            return (gr.skip(),) * 5
-        config = json.loads((Path(job.job_dir) / "train_config.json").read_text())
-        frames, height, width = (int(v) for v in config["video_resolution_buckets"][0].split("x"))
-        prompt = (config.get("validation_prompts") or [""])[0]
-        return config["pretrained_model_name_or_path"], prompt, frames, height, width
+            return (gr.skip(),) * len(self.settings)
+        try:
+            settings = run_settings(Path(job.job_dir))
+        except (OSError, ValueError, KeyError):
+            return (gr.skip(),) * len(self.settings)  # not finished after all: keep the form
+        return tuple(
+            settings[key] for key in ("base", "prompt", "frames", "height", "width", "steps")
+        )
 
     def start(
         self,
@@ -126,9 +192,15 @@ class PreviewTab:
         gpus,
     ):
         from core.preview_protocol import LoraChoice, PreviewRequest
-        from jobs.previews import request_preview
+        from jobs.previews import find_worker, request_preview
 
         job = self.studio.runner.store.get(run_id) if run_id else None
+        idle = gr.Timer(active=False)
+        try:  # a local folder must be one the app may use; a Hub id is left as it is
+            base = self.studio.confinement.model(base or "", "Base model")
+            lora = self.studio.confinement.model(lora or "", "LoRA")
+        except UserError as error:
+            return None, _message(str(error), "error"), "", idle
         loras = []
         if lora and lora.strip():
             loras = [LoraChoice(path=lora.strip(), scale=scale)]
@@ -146,26 +218,60 @@ class PreviewTab:
                 seed=int(seed),
                 compare_scales=[scale] if compare and loras else [],
             )
-        except ValidationError as error:
-            return None, _message(describe_validation_error(error).lstrip("-"), "error")
+        except (ValidationError, TypeError, ValueError) as error:
+            text = (
+                describe_validation_error(error).lstrip("-")
+                if isinstance(error, ValidationError)
+                else "Fill in the frames, height, width, steps and seed."
+            )
+            return None, _message(text, "error"), "", idle
         if not prompt.strip():
-            return None, _message("Write a prompt first.", "error")
+            return None, _message("Write a prompt first.", "error"), "", idle
+        try:
+            self.studio.wait_for_model(base)  # the demo preset's model may still be building
+        except UserError as error:
+            return None, _message(str(error), "error"), "", idle
+        warm = find_worker(self.studio.runner, list(gpus or [])) is not None
         ticket = request_preview(self.studio.runner, request, list(gpus or []), busy_gpu)
-        return ticket, _message("Waiting for the preview worker...")
+        note = (
+            "Generating…"
+            if warm
+            else "Generating… starting the preview worker (it loads torch and the base model "
+            "first; later previews reuse them)"
+        )
+        return ticket, _message(note), "", gr.Timer(POLL_SECONDS, active=True)
 
     def poll(self, ticket: Ticket | None):
         from jobs.previews import poll_preview
 
+        idle = gr.Timer(active=False)
         if ticket is None:
-            return None, gr.skip(), gr.skip()
+            return None, gr.skip(), gr.skip(), gr.skip(), idle
         ticket, event = poll_preview(self.studio.runner, ticket)
         worker = self.studio.runner.store.get(ticket.worker_id)
-        if event is None:
-            state = worker.status if worker else "gone"
-            waiting = "waiting for a free GPU" if state == "queued" else "generating"
-            return ticket, _message(f"Preview {waiting}..."), gr.skip()
+        if event is None or event.status in PHASES:
+            if worker is not None and worker.status == "queued":
+                why = worker.reason or "waiting for a free GPU"
+                text = (
+                    f"{why[:1].upper()}{why[1:]}. Tick “Allow a GPU a training run uses” to "
+                    "preview beside it."
+                )
+            elif event is not None:
+                text = PHASES[event.status]
+            else:
+                text = "Generating… the preview worker is starting"
+            return ticket, _message(text), gr.skip(), gr.skip(), gr.skip()
         if event.status == "failed":
-            return None, _message(event.message or "The preview failed.", "error"), gr.skip()
-        video = str(Path(worker.job_dir) / event.files[0]) if event.files else None
+            message = _message(event.message or "The preview failed.", "error")
+            return None, message, "", gr.skip(), idle
+        folder = Path(worker.job_dir)
+        video = next((str(folder / f) for f in event.files if f.endswith(".mp4")), None)
+        labels = []
+        for name in event.files:
+            if name.endswith(".json"):
+                try:
+                    labels = json.loads((folder / name).read_text(encoding="utf-8"))["panels"]
+                except (OSError, ValueError, KeyError):
+                    labels = []
         seconds = f" in {event.seconds:.1f} s" if event.seconds else ""
-        return None, _message(f"Done{seconds}."), video
+        return None, _message(f"Done{seconds}."), panel_labels_html(labels), video, idle

@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import html
 import json
-import subprocess
-import sys
+import shlex
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import gradio as gr
 
 from core.errors import UserError
+from jobs.checks import check_before_queue
 from jobs.gpus import Gpu, list_gpus
 from jobs.launch_choice import (
     AUTOMATIC,
@@ -23,12 +25,12 @@ from jobs.launch_choice import (
     model_kind,
     recommend,
 )
+from jobs.runner import JobError
 from jobs.spec import JobSpec, make_spec
-from jobs.store import ACTIVE
+from jobs.store import Job
 from ui.form import TrainForm, field_of_error, label
 from ui.studio import Studio
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_LABELS = {
     "config_file": "Accelerate config",
     "num_machines": "Machines",
@@ -36,10 +38,46 @@ LAUNCH_LABELS = {
     "main_process_ip": "Main process address",
     "main_process_port": "Main process port",
 }
+LAUNCH_INFO = {
+    "config_file": "--config_file. How accelerate spreads the run over the GPUs.",
+    "num_machines": "--num_machines. Each runs the same number of GPUs.",
+    "machine_rank": "--machine_rank. 0 is the main machine.",
+    "main_process_ip": "--main_process_ip. The rank-0 machine, reachable from every machine.",
+    "main_process_port": "--main_process_port. Blank: 29500.",
+}
 
 
 def _message(text: str, kind: str = "info") -> str:
     return f'<div class="studio-{kind}">{text}</div>' if text else ""
+
+
+# The settings besides --data_root that decide how a dataset is read.
+LAYOUT_FIELDS = ("dataset_layout", "caption_column", "video_column")
+
+
+class Refusal(NamedTuple):
+    """A setting that stops a run, and the sentence that says what to fix."""
+
+    field: str | None  # a form field or launch setting; None when no one field is to blame
+    sentence: str
+
+
+class Outcome(NamedTuple):
+    """What Start did: a message for under the button, the job it queued, or what refused it."""
+
+    message: str
+    job: Job | None
+    refusal: Refusal | None = None
+
+
+def multiline_command(command: str) -> str:
+    """A long command with each flag on its own line (still one command to copy and paste)."""
+    lines: list[list[str]] = [[]]
+    for word in shlex.split(command):
+        if (word.startswith("--") or word == "-m") and lines[-1]:
+            lines.append([])
+        lines[-1].append(word)
+    return " \\\n  ".join(shlex.join(words) for words in lines)
 
 
 class TrainTab:
@@ -75,8 +113,22 @@ class TrainTab:
             self.start = gr.Button("Start training", variant="primary", elem_id="start")
         self.message = gr.HTML(elem_id="train-message")
         self.command = gr.Code(
-            language="shell", label="Command", interactive=False, elem_id="command"
+            language="shell",
+            label="Command",
+            interactive=False,
+            wrap_lines=True,
+            visible=False,  # until Show command
+            elem_id="command",
         )
+        # The field that shows a refused value now, so the next check can give its help back.
+        self.refused_field = gr.State(None)
+        self.launch_widgets = dict(zip(LAUNCH_INFO, self.launch_inputs, strict=True))
+        self.mark_outputs = [
+            self.refused_field,
+            *self.form.components,
+            *self.launch_inputs,
+            *self.form.fold_components,
+        ]
         private = {"api_visibility": "private"}
         fields = self.form.components
         launch = self.launch_inputs
@@ -98,6 +150,7 @@ class TrainTab:
                 widgets["pretrained_model_name_or_path"],
             ],
             [self.advice],
+            show_progress="hidden",
             **private,
         )
         gr.on(
@@ -105,19 +158,33 @@ class TrainTab:
             self.show_node_commands,
             [self.name, self.gpus, *launch, *fields],
             [self.node_commands],
+            show_progress="hidden",
+            **private,
+        )
+        layout_inputs = [widgets[name] for name in ("data_root", *LAYOUT_FIELDS)]
+        gr.on(
+            [widgets["data_root"].change, widgets["dataset_layout"].change],
+            self.layout_fields,
+            layout_inputs,
+            [widgets["video_column"], widgets["caption_column"]],
+            show_progress="hidden",
             **private,
         )
         # .select, not .input: a dropdown that loses focus sends .input again, which re-applied
-        # the preset over what the user had typed since.
+        # the preset over what the user had typed since. No spinner on every field it fills.
         self.preset.select(
-            self.apply_preset, [self.preset], [self.preset_info, self.message, *fields], **private
+            self.apply_preset,
+            [self.preset],
+            [self.preset_info, self.message, *fields],
+            show_progress="hidden",
+            **private,
         )
         self.show.click(
             self.show_command,
-            [self.name, self.gpus, *launch, *fields],
-            [self.command, self.node_commands, self.message],
+            [self.refused_field, self.name, self.gpus, *launch, *fields],
+            [self.command, self.node_commands, self.message, *self.mark_outputs],
             **private,
-        )
+        ).then(None, js=SCROLL_TO_REFUSED)
         self.save.click(
             self.save_config,
             [self.name, self.gpus, *launch, *fields],
@@ -127,6 +194,38 @@ class TrainTab:
         self.load.upload(
             self.load_config, [self.load], [self.message, self.name, *launch, *fields], **private
         )
+        # What the form shows is kept in the workspace: a refresh or an app restart brings it
+        # back (`restored`), the preset's name with it.
+        gr.on(
+            [self.preset.change, self.name.change, *[field.change for field in fields]],
+            self.remember,
+            [self.preset, self.name, *fields],
+            None,
+            trigger_mode="always_last",
+            show_progress="hidden",
+            **private,
+        )
+
+    def remember(self, preset: str, name: str, *values) -> None:
+        self.studio.remember_page_state(
+            preset=preset or "", name=name, form=dict(zip(self.form.fields, values, strict=True))
+        )
+
+    def restored(self, state: dict) -> list:
+        """Values of [preset, preset info, name, *form fields] as the page last showed them
+        (skips for what the state does not hold)."""
+        preset = self.studio.presets().get(state.get("preset") or "")
+        form = state.get("form") if isinstance(state.get("form"), dict) else {}
+        return [
+            preset.key if preset else gr.skip(),
+            self._preset_info(preset) if preset else gr.skip(),
+            state.get("name") or gr.skip(),
+            *[form[name] if name in form else gr.skip() for name in self.form.fields],
+        ]
+
+    @staticmethod
+    def _preset_info(preset) -> str:
+        return f"**{preset.title}.** {preset.description}\n\nGPU memory: {preset.gpu_memory}."
 
     def _render_launch(self, gpus: list[Gpu]) -> None:
         """The accelerate config (Automatic: recommended from the GPUs, model and training
@@ -140,7 +239,7 @@ class TrainTab:
                     label=LAUNCH_LABELS["config_file"],
                     choices=config_choices(),
                     value=AUTOMATIC,
-                    info="--config_file. How accelerate spreads the run over the GPUs.",
+                    info=LAUNCH_INFO["config_file"],
                     elem_id="accelerate-config",
                 )
                 self.advice = gr.Markdown(
@@ -155,7 +254,7 @@ class TrainTab:
                     value=1,
                     precision=0,
                     minimum=1,
-                    info="--num_machines. Each runs the same number of GPUs.",
+                    info=LAUNCH_INFO["num_machines"],
                     elem_id="num-machines",
                 )
                 self.machine_rank = gr.Number(
@@ -163,19 +262,19 @@ class TrainTab:
                     value=0,
                     precision=0,
                     minimum=0,
-                    info="--machine_rank. 0 is the main machine.",
+                    info=LAUNCH_INFO["machine_rank"],
                     elem_id="machine-rank",
                 )
                 self.main_ip = gr.Textbox(
                     label=LAUNCH_LABELS["main_process_ip"],
                     placeholder="e.g. 10.0.0.1",
-                    info="--main_process_ip. The rank-0 machine, reachable from every machine.",
+                    info=LAUNCH_INFO["main_process_ip"],
                     elem_id="main-process-ip",
                 )
                 self.main_port = gr.Textbox(
                     label=LAUNCH_LABELS["main_process_port"],
                     placeholder="29500",
-                    info="--main_process_port. Blank: 29500.",
+                    info=LAUNCH_INFO["main_process_port"],
                     elem_id="main-process-port",
                 )
             self.node_commands = gr.Code(
@@ -193,17 +292,64 @@ class TrainTab:
             self.main_port,
         ]
 
-    def wire_start(self, on_started) -> None:
-        """Start submits the job; `on_started` gives the Runs tab's outputs for the new job."""
-        fields = self.form.components
-        outputs, handler = on_started
+    def wire_start(self, on_started, outputs: list) -> None:
+        """Start submits the job; `on_started(job)` gives updates of `outputs` (the Runs tab's)
+        that show the new job."""
+
+        def start(refused, name, gpus, *values):
+            outcome = self.start_job(name, gpus, *values)
+            updates = {self.message: outcome.message, **self.marks(refused, outcome.refusal)}
+            if outcome.job is not None:
+                updates.update(on_started(outcome.job))
+            return updates
+
         self.start.click(
-            lambda *args: handler(self.start_job(*args)),
-            [self.name, self.gpus, *self.launch_inputs, *fields],
-            [self.message, *outputs],
+            start,
+            [self.refused_field, self.name, self.gpus, *self.launch_inputs, *self.form.components],
+            [self.message, *self.mark_outputs, *outputs],
             trigger_mode="once",
             api_visibility="private",
-        )
+        ).then(None, js=SCROLL_TO_REFUSED)
+
+    @staticmethod
+    def layout_fields(data_root: str, layout: str, caption_column: str, video_column: str):
+        """The caption and video column fields, shown only where they apply: a dataset in the
+        reference layout (its two list files) or a metadata file; not one of clips beside
+        their .txt captions."""
+        from core.data.discover import discover
+
+        root = Path(data_root or "").expanduser()
+        applies = True
+        if data_root and root.is_dir():
+            try:
+                found = discover(root, layout or "auto", caption_column, video_column)
+                applies = not (found.layout == "pairs" and found.samples)
+            except (UserError, OSError, ValueError):
+                applies = True  # unreadable here: the report says why; keep the fields at hand
+        return gr.update(visible=applies), gr.update(visible=applies)
+
+    def marks(self, previous: str | None, refusal: Refusal | None) -> dict:
+        """Updates that show a refusal at its field and give the last refused field its help
+        line back."""
+        field = refusal.field if refusal else None
+        updates: dict = {self.refused_field: field}
+        if previous and previous != field:
+            if previous in self.form.widgets:
+                updates.update(self.form.unmarked(previous))
+            elif previous in self.launch_widgets:
+                updates[self.launch_widgets[previous]] = gr.update(
+                    info=LAUNCH_INFO[previous], elem_classes=[]
+                )
+        if refusal is None or field is None:
+            return updates
+        at_field = refusal.sentence.removeprefix(f"--{field}:").strip()
+        if field in self.form.widgets:
+            updates.update(self.form.marked(field, at_field))
+        else:
+            updates[self.launch_widgets[field]] = gr.update(
+                info=f"⚠ {at_field}", elem_classes=["field-error"]
+            )
+        return updates
 
     # ---- handlers --------------------------------------------------------------------------
 
@@ -213,31 +359,18 @@ class TrainTab:
             return ("", "", *[gr.skip()] * len(self.form.fields))
         note = ""
         if preset.needs_tiny_model:
-            note = self._ensure_tiny_model(preset)
-        info = f"**{preset.title}.** {preset.description}\n\nGPU memory: {preset.gpu_memory}."
+            # Built in the background: the form fills at once, and Start waits for the model.
+            note = self.studio.ensure_tiny_model(
+                Path(preset.train["pretrained_model_name_or_path"]), preset.needs_tiny_model
+            )
+        info = self._preset_info(preset)
         values = self.form.values_of(preset.train)
-        # A dataset already chosen stays chosen.
+        # The dataset already chosen and the trigger word stay as they are.
         current = {name: gr.skip() for name in ("data_root", "id_token")}
         updates = [
             current.get(name, value) for name, value in zip(self.form.fields, values, strict=True)
         ]
         return info, _message(note), *updates
-
-    def _ensure_tiny_model(self, preset) -> str:
-        """The demo preset's tiny model is built here on first use (never downloaded)."""
-        target = Path(preset.train["pretrained_model_name_or_path"])
-        if (target / "model_index.json").is_file():
-            return ""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Built in a subprocess: the web process never imports torch.
-        subprocess.run(
-            [sys.executable, "-m", "core.tiny", str(target), "--variant", preset.needs_tiny_model],
-            cwd=REPO_ROOT,
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        return f"Built the tiny demo model in {target}."
 
     # ---- launch ----------------------------------------------------------------------------
 
@@ -347,15 +480,20 @@ class TrainTab:
             launch=self._launch_settings(gpus, launch, config),
         )
 
-    def _error(self, error: UserError) -> str:
+    def _refusal(self, error: UserError) -> Refusal:
         field = field_of_error(error)
+        known = field in self.form.widgets or field in LAUNCH_LABELS
+        return Refusal(field if known else None, str(error))
+
+    def _error(self, refusal: Refusal) -> str:
+        """The message under the buttons (the field itself shows the sentence too)."""
+        field = refusal.field
+        where = ""
         if field in self.form.widgets:
             where = f"<b>{label(field)}</b>: "
         elif field in LAUNCH_LABELS:
             where = f"<b>{LAUNCH_LABELS[field]}</b>: "
-        else:
-            where = ""
-        return _message(f"{where}{error}", "error")
+        return _message(f"{where}{html.escape(refusal.sentence)}", "error")
 
     def _split_launch(self, values: tuple) -> tuple[tuple, tuple]:
         """Handler inputs after the name and GPUs: the launch widgets' values, then the form's."""
@@ -381,20 +519,28 @@ class TrainTab:
             return gr.Code(value=f"# {error}", visible=True)
         return self._node_commands(spec)
 
-    def show_command(self, name: str, gpus: list[int], *values):
+    def show_command(self, refused: str | None, name: str, gpus: list[int], *values):
+        """The exact command, one flag a line; a refused value is shown at its field."""
         launch, values = self._split_launch(values)
         try:
             spec = self._spec(name, gpus, launch, values)
         except UserError as error:
-            return "", gr.skip(), self._error(error)
-        return spec.show_command(), self._node_commands(spec), ""
+            refusal = self._refusal(error)
+            updates = {self.command: "", self.message: self._error(refusal)}
+            return {**updates, **self.marks(refused, refusal)}
+        return {
+            self.command: gr.Code(multiline_command(spec.show_command()), visible=True),
+            self.node_commands: self._node_commands(spec),
+            self.message: "",
+            **self.marks(refused, None),
+        }
 
     def save_config(self, name: str, gpus: list[int], *values):
         launch, values = self._split_launch(values)
         try:
             spec = self._spec(name, gpus, launch, values)
         except UserError as error:
-            return gr.DownloadButton(), self._error(error)
+            return gr.DownloadButton(), self._error(self._refusal(error))
         path = Path(tempfile.mkdtemp(prefix="config-")) / f"{spec.name}.json"
         path.write_text(spec.model_dump_json(indent=2))
         return gr.DownloadButton(value=str(path)), ""
@@ -433,25 +579,44 @@ class TrainTab:
             "" if port is None else str(port),
         ]
 
-    def start_job(self, name: str, gpus: list[int], *values):
-        """Validate, refuse a double start, submit; returns (message, job or None)."""
+    def start_job(self, name: str, gpus: list[int], *values) -> Outcome:
+        """Validate, check what can be known before a model loads, refuse a double start, and
+        submit."""
         launch, values = self._split_launch(values)
         try:
             spec = self._spec(name, gpus, launch, values)
+            # The page reaches only the workspace and the --data-dir folders: checked first,
+            # before anything reads the data or the model.
+            self.studio.confinement.train_settings(spec.train)
+            self.studio.wait_for_model(spec.train.pretrained_model_name_or_path)
+            check_before_queue(spec, self.studio.runner)
         except UserError as error:
-            return self._error(error), None
+            refusal = self._refusal(error)
+            return Outcome(self._error(refusal), None, refusal)
         # A second press (or a second tab) must not start the same run while it is on.
-        waiting_or_running = self.studio.runner.store.list(("queued", *ACTIVE))
-        mine = self.studio.runner.resolve_paths(spec).train.model_copy(update={"output_dir": ""})
-        for job in waiting_or_running:
-            if job.kind != "train" or job.name != spec.name:
-                continue
-            earlier = self.studio.runner.spec(job).train.model_copy(update={"output_dir": ""})
-            if earlier == mine:
-                return _message(
-                    f"This run is already {job.status} ({job.id}); it is not started twice.",
+        earlier = self.studio.runner.find_duplicate(spec)
+        if earlier is not None:
+            return Outcome(
+                _message(
+                    f"This run is already {earlier.status} ({earlier.id}); it is not started "
+                    "twice.",
                     "error",
-                ), None
-        job = self.studio.runner.submit(spec)
-        note = "queued until its GPUs are free" if job.status == "queued" else "started"
-        return _message(f"Run {job.name} {note}."), job
+                ),
+                None,
+            )
+        try:
+            job = self.studio.runner.submit(spec)
+        except JobError as error:  # the job store cannot be written (a full disk)
+            return Outcome(_message(html.escape(str(error)), "error"), None)
+        if job.status == "queued":
+            note = f"queued: {html.escape(job.reason or 'waiting for its GPUs')}"
+        else:
+            note = "started"
+        return Outcome(_message(f"Run {html.escape(job.name)} {note}."), job)
+
+
+# After a check, the page scrolls to the field that shows a refused value (if any).
+SCROLL_TO_REFUSED = """() => {
+  const field = document.querySelector('.field-error');
+  if (field) field.scrollIntoView({block: 'center', behavior: 'smooth'});
+}"""

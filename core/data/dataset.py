@@ -51,10 +51,12 @@ def relative_name(path: Path, root: Path) -> str:
 
 
 def clean_caption(caption: str, id_token: str | None) -> str:
-    """Whitespace collapsed, and the trigger word in front when one is set."""
+    """Whitespace collapsed, and the trigger word in front when one is set (once: a caption
+    that already starts with it keeps it as it is)."""
     text = " ".join(caption.split())
-    if id_token and text:
-        text = f"{id_token} {text}"
+    token = " ".join((id_token or "").split())
+    if token and text and not (text == token or text.startswith(f"{token} ")):
+        text = f"{token} {text}"
     return text
 
 

@@ -29,6 +29,9 @@ FILE_COLUMNS = ("file_name", "filename", "file", "video", "path", "image", "medi
 CAPTION_COLUMNS = ("caption", "text", "prompt", "description")
 IMAGE_COLUMNS = ("image", "image_file", "first_frame")
 _IGNORED_DIRS = {"__MACOSX", ".cache", ".git"}
+# Records the preparation commands keep beside the clips (core/data/split.py): not media, not
+# captions, and not worth a "skipped" line in the report.
+_SIDECAR_FILES = {"split.json"}
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,14 @@ def _inside(root: Path, relative: str) -> Path | None:
     return path if path.is_relative_to(root.resolve()) else None
 
 
+def _column_file(root: Path, name: str, flag: str) -> Path:
+    """The reference layout's list file, which may not lead out of the dataset (a link)."""
+    path = _inside(root, name)
+    if path is None:
+        raise UserError(f"{flag}: {name} points outside the dataset folder {root}")
+    return path
+
+
 def _read_lines(path: Path, flag: str) -> list[str]:
     if not path.is_file():
         raise UserError(f"{flag}: {path} does not exist")
@@ -96,16 +107,20 @@ def _read_lines(path: Path, flag: str) -> list[str]:
 
 
 def _reference(root: Path, caption_column: str, video_column: str, image_column: str) -> Discovery:
-    captions = _read_lines(root / caption_column, "--caption_column")
-    videos = _read_lines(root / video_column, "--video_column")
+    captions = _read_lines(
+        _column_file(root, caption_column, "--caption_column"), "--caption_column"
+    )
+    videos = _read_lines(_column_file(root, video_column, "--video_column"), "--video_column")
     if len(captions) != len(videos):
         raise UserError(
             f"--caption_column: {caption_column} has {len(captions)} captions but {video_column} "
             f"lists {len(videos)} clips; they must match line for line"
         )
     images: list[str | None] = [None] * len(videos)
-    if (root / image_column).is_file():
-        images = list(_read_lines(root / image_column, "--image_column"))
+    if (root / image_column).is_file():  # optional: without it, every clip's first frame
+        images = list(
+            _read_lines(_column_file(root, image_column, "--image_column"), "--image_column")
+        )
         if len(images) != len(videos):
             counted = f"{len(images)} image{'s' if len(images) != 1 else ''}"
             raise UserError(
@@ -199,15 +214,31 @@ def _metadata(root: Path, caption_column: str, video_column: str, image_column: 
     return found
 
 
-def _pairs(root: Path, reserved: set[str]) -> Discovery:
-    found = Discovery("pairs", root)
-    resolved_root = root.resolve()
+def _dataset_files(root: Path):
+    """Every file of a pairs-layout folder, in order: hidden and tool folders left out."""
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
         if any(part.startswith(".") or part in _IGNORED_DIRS for part in relative.parts):
             continue
-        if path.is_dir():
+        if path.is_dir() or str(relative) in _SIDECAR_FILES:
             continue
+        yield path, relative
+
+
+def media_files(root: Path) -> list[Path]:
+    """The clips and images of a pairs-layout folder, captioned or not (links inside it only)."""
+    resolved_root = root.resolve()
+    return [
+        path
+        for path, _ in _dataset_files(root)
+        if is_media(path) and path.resolve().is_relative_to(resolved_root)
+    ]
+
+
+def _pairs(root: Path, reserved: set[str]) -> Discovery:
+    found = Discovery("pairs", root)
+    resolved_root = root.resolve()
+    for path, relative in _dataset_files(root):
         if path.is_symlink() and not path.resolve().is_relative_to(resolved_root):
             found.skipped.append(Skipped(path, "a link that points outside the dataset folder"))
             continue

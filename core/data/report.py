@@ -10,6 +10,7 @@ import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from core.data.caption_origin import MODEL, CaptionRecord
 from core.data.dataset import PreparedSamples, describe_image, prepare_samples, relative_name
 from core.data.video import is_image
 
@@ -38,6 +39,7 @@ class SampleRow:
     resolution: str
     duration: float
     caption_tokens: int | None = None
+    caption_by: str | None = None  # "model", "edited" (a person changed the model's) or "person"
     image: str = ""  # a clip's image for image-to-video models: its file, or "first frame"
 
 
@@ -70,6 +72,7 @@ def build_report(config, tokenizer=None) -> DatasetReport:
     """The report for a TrainConfig's dataset settings (a tokenizer adds caption lengths)."""
     prepared: PreparedSamples = prepare_samples(config, require_samples=False)
     root = prepared.root
+    origins = CaptionRecord(root)
     rows, long_captions = [], []
     for sample in prepared.samples:
         tokens = None
@@ -78,9 +81,10 @@ def build_report(config, tokenizer=None) -> DatasetReport:
             if tokens > MAX_TEXT_TOKENS:
                 long_captions.append(relative_name(sample.path, root))
         frames, height, width = sample.bucket
+        name = relative_name(sample.path, root)
         rows.append(
             SampleRow(
-                file=relative_name(sample.path, root),
+                file=name,
                 caption=sample.caption,
                 bucket=f"{frames}x{height}x{width}",
                 frames=sample.info.frames,
@@ -88,6 +92,7 @@ def build_report(config, tokenizer=None) -> DatasetReport:
                 duration=round(sample.info.duration, 3),
                 caption_tokens=tokens,
                 image="" if is_image(sample.path) else describe_image(sample, root),
+                caption_by=origins.origin(name, sample.caption),
             )
         )
     videos = [s for s in prepared.samples if not is_image(s.path)]
@@ -132,6 +137,12 @@ def format_report(report: DatasetReport) -> str:
             f"{report.videos - len(named)} from their first frame"
         )
         lines += [f"    {row.file}: {row.image}" for row in named[:20]]
+    by_model = sum(row.caption_by == MODEL for row in report.samples)
+    if by_model:
+        lines.append(
+            f"  captions: {by_model} written by the model, {len(report.samples) - by_model} by a "
+            "person (--json names each clip's)"
+        )
     if report.long_captions:
         lines.append(
             f"  {len(report.long_captions)} captions are longer than the text "

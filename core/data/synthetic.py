@@ -64,3 +64,99 @@ def make_reference_dataset(
     (root / "videos.txt").write_text("\n".join(paths) + "\n", encoding="utf-8")
     (root / "prompt.txt").write_text("\n".join(captions[:count]) + "\n", encoding="utf-8")
     return root
+
+
+# A long video with known structure, for the scene split's tests and benchmark: each scene has a
+# background of its own hue (so a frame's scene can be told from its colours) crossed by a moving
+# textured square, on a slowly panning gradient (so the picture is never still inside a scene).
+LONG_VIDEO_HUES = ((220, 60, 50), (50, 190, 70), (60, 80, 220), (220, 200, 40), (200, 60, 200))
+
+
+def long_video_layout(fps: int = 24) -> list[tuple[str, int, int]]:
+    """(what, first frame, end frame) of `write_long_video`'s parts: scenes 0-4 joined by three
+    hard cuts and one fade through black, and a frozen picture inside scene 4."""
+    parts = [
+        ("scene 0", 4.0),
+        ("scene 1", 4.0),
+        ("scene 2", 3.0),
+        ("scene 3", 4.0),
+        ("fade", 2.0),  # scene 3 fades to black over 1 s, scene 4 fades in from it over 1 s
+        ("scene 4", 3.0),
+        ("static", 3.0),  # scene 4's picture frozen
+        ("scene 4", 3.0),
+    ]
+    layout, start = [], 0
+    for what, seconds in parts:
+        end = start + round(seconds * fps)
+        layout.append((what, start, end))
+        start = end
+    return layout
+
+
+def _scene_frame(scene: int, time: float, height: int, width: int) -> np.ndarray:
+    hue = np.array(LONG_VIDEO_HUES[scene], dtype=np.float32)
+    xs = np.linspace(0, 1, width, dtype=np.float32)[None, :]
+    ys = np.linspace(0, 1, height, dtype=np.float32)[:, None]
+    shade = 0.75 + 0.25 * np.sin(2 * np.pi * (xs + 0.5 * ys + 0.15 * time))  # the slow pan
+    frame = shade[..., None] * hue
+    side = max(4, min(height, width) // 4)
+    top = int((0.5 + 0.4 * np.sin(1.3 * time + scene)) * (height - side))
+    left = int((0.5 + 0.4 * np.cos(0.9 * time + 2 * scene)) * (width - side))
+    checker = (np.indices((side, side)).sum(axis=0) // 2 % 2)[..., None]
+    frame[top : top + side, left : left + side] = 90 + 140 * checker
+    return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def long_video_frames(
+    height: int = 96, width: int = 160, fps: int = 24, dissolve: bool = False
+) -> np.ndarray:
+    """uint8 [frames, height, width, 3] of the layout `long_video_layout(fps)` describes.
+
+    `dissolve` replaces the fade through black with a cross-dissolve from scene 3 to scene 4.
+    """
+    layout = long_video_layout(fps)
+    frames = []
+    frozen = None
+    for what, start, end in layout:
+        for index in range(start, end):
+            time = index / fps
+            if what.startswith("scene"):
+                frame = _scene_frame(int(what.split()[1]), time, height, width)
+                frozen = frame
+            elif what == "static":
+                frame = frozen
+            elif dissolve:
+                mix = (index - start + 1) / (end - start + 1)
+                frame = _scene_frame(3, time, height, width) * (1 - mix)
+                frame = (frame + _scene_frame(4, time, height, width) * mix).astype(np.uint8)
+            else:  # the fade: out of scene 3, through black, into scene 4
+                half = (end - start) // 2
+                position = index - start
+                if position < half:
+                    frame = _scene_frame(3, time, height, width) * (1 - (position + 1) / half)
+                else:
+                    frame = _scene_frame(4, time, height, width) * ((position - half + 1) / half)
+                frame = frame.astype(np.uint8)
+            frames.append(frame)
+    return np.stack(frames)
+
+
+def write_long_video(
+    path: str | Path, height: int = 96, width: int = 160, fps: int = 24
+) -> list[tuple[str, int, int]]:
+    """Write the generated long video; returns its layout (what, first frame, end frame)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(path, long_video_frames(height, width, fps), fps=fps)
+    return long_video_layout(fps)
+
+
+def scene_of(frame: np.ndarray) -> int | None:
+    """Which of the long video's scenes a frame shows, by its colour; None for a dark frame."""
+    mean = frame.reshape(-1, 3).astype(np.float32).mean(axis=0)
+    if mean.max() < 30:
+        return None
+    direction = mean / np.linalg.norm(mean)
+    hues = np.array(LONG_VIDEO_HUES, dtype=np.float32)
+    hues /= np.linalg.norm(hues, axis=1, keepdims=True)
+    return int(np.argmax(hues @ direction))

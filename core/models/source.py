@@ -44,6 +44,15 @@ class ModelSource:
         return extra
 
 
+def is_hub_id(name: str) -> bool:
+    """Whether a base model name is a Hub id (owner/name) rather than a path on this machine:
+    Hub-id-shaped and no such folder here."""
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")):
+        return False
+    return bool(_HUB_ID.match(name))
+
+
 def check_source(source: ModelSource) -> None:
     """Refuse a base model that can't exist before anything is loaded (one sentence)."""
     flag = "--pretrained_model_name_or_path"

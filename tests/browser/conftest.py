@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -46,13 +47,29 @@ def wait_for_http(url: str, timeout: float = 60.0, auth: tuple[str, str] | None 
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-class AppProcess:
-    """`python app.py` on a free loopback port, restartable on the same workspace."""
+# What a user's shell has and the test run's does not: the tests' own offline switch, and an
+# outer make's variables (under `make test`).
+NOT_IN_A_USERS_SHELL = ("HF_HUB_OFFLINE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
 
-    def __init__(self, workspace: Path, *extra: str, env: dict[str, str] | None = None):
+
+class AppProcess:
+    """The app on a free loopback port, restartable on the same workspace: `python app.py`, or
+    with `via_make` the README's `make run` in a user's environment (nothing set for tests)."""
+
+    def __init__(
+        self,
+        workspace: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        via_make: bool = False,
+    ):
         self.workspace = workspace
         self.extra = list(extra)
-        self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        self.via_make = via_make
+        base = dict(os.environ)
+        if via_make:
+            base = {k: v for k, v in base.items() if k not in NOT_IN_A_USERS_SHELL}
+        self.env = dict(base, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc: subprocess.Popen | None = None
         self.port = free_port()
 
@@ -60,36 +77,56 @@ class AppProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
+    def _argv(self) -> list[str]:
+        flags = ["--port", str(self.port), "--workspace", str(self.workspace), *self.extra]
+        if not self.via_make:
+            return [sys.executable, str(REPO / "app.py"), *flags]
+        # -o: the shared test virtualenv counts as installed (no pip install from a test).
+        return ["make", "-s", "-o", ".venv/.installed-run", "run", f"ARGS={' '.join(flags)}"]
+
     def start(self) -> AppProcess:
         self.port = free_port()
         log = open(self.workspace / f"app-{self.port}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(REPO / "app.py"),
-                "--port",
-                str(self.port),
-                "--workspace",
-                str(self.workspace),
-                *self.extra,
-            ],
+            self._argv(),
             cwd=REPO,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # make and the app it starts: one group to signal
         )
         wait_for_http(self.url)
         return self
 
+    @property
+    def pid(self) -> int:
+        """The app's own process (under make, the `python app.py` that make started)."""
+        if not self.via_make:
+            return self.proc.pid
+        import psutil
+
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            if "app.py" in " ".join(child.cmdline()):
+                return child.pid
+        raise AssertionError("make run started no app.py")
+
+    def environment(self) -> dict[str, str]:
+        """The running app's environment, as the kernel holds it."""
+        raw = Path(f"/proc/{self.pid}/environ").read_bytes()
+        pairs = (entry.split(b"=", 1) for entry in raw.split(b"\0") if b"=" in entry)
+        return {key.decode(): value.decode(errors="replace") for key, value in pairs}
+
     def kill(self) -> None:
         """SIGKILL, as a crash would: the app gets no chance to clean anything up."""
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=20)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -97,7 +134,7 @@ class AppProcess:
 
     def loaded_torch(self) -> bool:
         """Whether the app process has torch's library mapped (it imports torch if so)."""
-        maps = Path(f"/proc/{self.proc.pid}/maps").read_text()
+        maps = Path(f"/proc/{self.pid}/maps").read_text()
         return "libtorch" in maps
 
 

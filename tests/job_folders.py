@@ -1,0 +1,48 @@
+"""Job folders written as runs leave them, and a job that holds the CPU: the jobs layer tested
+as data, with no trainer started."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from core.events import ConfigEvent, EventWriter
+from jobs.runner import Runner
+from jobs.spec import JobSpec
+
+TRAIN = {"pretrained_model_name_or_path": "/models/tiny", "data_root": "/data/clips"}
+
+
+def job_folder(runner: Runner, name: str, events=(), exit_code: int | None = None):
+    """A job folder as a run leaves it: its spec, its events and its recorded exit status."""
+    job = runner.store.add(name, "train", [])
+    folder = Path(job.job_dir)
+    folder.mkdir(parents=True)
+    (folder / "spec.json").write_text(JobSpec(name=name, train=TRAIN).model_dump_json())
+    writer = EventWriter(folder)
+    for event in events:
+        writer.emit(event)
+    writer.close()
+    if exit_code is not None:
+        (folder / "exit_code").write_text(f"{exit_code}\n")
+    return job
+
+
+def hold_the_cpu(runner: Runner) -> subprocess.Popen:
+    """A running job (a sleeping process with the job's marker) holding the CPU, so that
+    nothing queued on it starts. The caller kills the process."""
+    started = ConfigEvent(training_configuration={}, config={})
+    job = job_folder(runner, "holds the cpu", [started])
+    process = subprocess.Popen(
+        ["sleep", "600"], env={"COGVIDEOX_JOB_DIR": job.job_dir}, start_new_session=True
+    )
+    runner.store.update(
+        job.id,
+        status="running",
+        pid=process.pid,
+        pgid=process.pid,
+        proc_start=psutil.Process(process.pid).create_time(),
+    )
+    return process
