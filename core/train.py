@@ -150,14 +150,16 @@ class Trainer:
     def check_inputs(self) -> None:
         """Everything that can be checked without loading a model; fails before writing."""
         from core.data.dataset import prepare_samples
-        from core.models.registry import identify
+        from core.models.registry import identify, shape_problem
         from core.models.source import ModelSource, check_source
 
         config = self.config
         source = ModelSource(config.pretrained_model_name_or_path, config.revision, config.variant)
         check_source(source)
         self.spec = identify(source, config.model_name)
-        self._check_shapes()
+        problem = shape_problem(self.spec.rules, config)
+        if problem:
+            raise UserError(problem)
         if config.validation_images and not self.spec.image_to_video:
             raise UserError(
                 f"--validation_images: {self.spec.title} makes videos from text alone; remove "
@@ -168,21 +170,6 @@ class Trainer:
                 raise UserError(f"--validation_images: {image} does not exist")
         self.prepared = prepare_samples(config, image_to_video=self.spec.image_to_video)
         self.checkpointer.find_resume()
-
-    def _check_shapes(self) -> None:
-        """Every bucket, and the validation videos' shape, must suit the checkpoint."""
-        rules = self.spec.rules
-        ignore = self.config.ignore_learned_positional_embeddings
-        for bucket in self.config.buckets:
-            problem = rules.shape_problem(*bucket, ignore_learned_positions=ignore)
-            if problem:
-                raise UserError(f"--video_resolution_buckets: {problem}")
-        if self.validator.enabled:
-            problem = rules.shape_problem(*self.validator.shape(), ignore_learned_positions=ignore)
-            if problem:
-                raise UserError(
-                    f"--validation_frames/--validation_height/--validation_width: {problem}"
-                )
 
     def prepare_data(self) -> None:
         from core.models.registry import open_family

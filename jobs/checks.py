@@ -27,12 +27,20 @@ def check_before_queue(spec: JobSpec, runner: Runner) -> None:
     if spec.kind != "train":
         return
     from core.data.dataset import prepare_samples
+    from core.models.registry import rules_at_hand, shape_problem
     from core.models.source import ModelSource, check_source
 
     output_folder(spec, runner.store.runs_dir)
     train = runner.resolve_paths(spec).train
     check_source(ModelSource(train.pretrained_model_name_or_path, train.revision, train.variant))
-    prepare_samples(train)  # an empty dataset, or nothing that fits the buckets: one sentence
+    # The model's own shape rules, when its configs are at hand (a local folder, a cached Hub
+    # id): the 1.5's 8k+1 frames, the 5b-I2V's one shape.
+    rules = rules_at_hand(train.pretrained_model_name_or_path)
+    problem = shape_problem(rules, train) if rules is not None else None
+    if problem:
+        raise UserError(problem)
+    # An empty dataset, or nothing that fits the buckets: one sentence.
+    prepare_samples(train, image_to_video=bool(rules is not None and rules.image_conditioned))
 
 
 def output_folder(spec: JobSpec, runs_dir: Path) -> Path | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,9 +186,19 @@ def test_the_5b_i2v_refuses_another_shape_in_one_sentence(
 
 
 @pytest.fixture(scope="module")
-def without_learned_positions(tiny_i2v_models, clips_with_an_image, tmp_path_factory):
+def start_image(tmp_path_factory):
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("start") / "start.png"
+    Image.new("RGB", (64, 48), (220, 180, 40)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def without_learned_positions(tiny_i2v_models, clips_with_an_image, start_image, tmp_path_factory):
     """5b-I2V at another shape, its learned positional embeddings dropped, each step encoding
-    its clips and images on the spot (no precompute): the image noise is drawn every step."""
+    its clips and images on the spot (no precompute): the image noise is drawn every step. Its
+    validation video starts from an image of its own (--validation_images)."""
     out = tmp_path_factory.mktemp("no-learned-positions")
     argv = [
         "--pretrained_model_name_or_path",
@@ -209,6 +220,12 @@ def without_learned_positions(tiny_i2v_models, clips_with_an_image, tmp_path_fac
         "fp32",
         "--seed",
         "1",
+        "--validation_prompts",
+        "a square",
+        "--validation_images",
+        str(start_image),
+        "--validation_inference_steps",
+        "2",
         "--output_dir",
         str(out),
     ]
@@ -216,20 +233,20 @@ def without_learned_positions(tiny_i2v_models, clips_with_an_image, tmp_path_fac
     return out
 
 
-def test_ignoring_learned_positions_trains_at_another_shape(without_learned_positions):
+def test_ignoring_learned_positions_trains_and_validates_at_another_shape(
+    without_learned_positions, start_image
+):
+    from PIL import Image
+
     events = read_events(without_learned_positions / "events.jsonl")
     assert [e.step for e in events if e.kind == "step"] == [1, 2, 3]
     assert all(np.isfinite(e.loss) for e in events if e.kind == "step")
     assert (without_learned_positions / "pytorch_lora_weights.safetensors").is_file()
-
-
-@pytest.fixture(scope="module")
-def start_image(tmp_path_factory):
-    from PIL import Image
-
-    path = tmp_path_factory.mktemp("start") / "start.png"
-    Image.new("RGB", (64, 48), (220, 180, 40)).save(path)
-    return path
+    video = without_learned_positions / next(e for e in events if e.kind == "validation").files[0]
+    # The validation image, covering the 32x48 frame and center-cropped, beside the video.
+    with Image.open(video.with_suffix(".png")) as image:
+        assert image.size == (48, 32)
+        assert np.abs(np.asarray(image, int) - (220, 180, 40)).max() <= 1
 
 
 def test_a_preview_from_an_image_puts_the_lora_beside_the_base(
@@ -296,3 +313,91 @@ def test_the_card_and_the_preview_drop_learned_positions_as_the_run_did(
         generate(request, cache, tmp_path / "refused.mp4")
     dropped = request.model_copy(update={"ignore_learned_positional_embeddings": True})
     assert generate(dropped, cache, tmp_path / "ok.mp4").path.is_file()
+
+
+# ---- the page: image settings for an image-to-video base, a preview's start image -----------
+
+
+def test_the_train_tab_shows_image_settings_for_an_image_to_video_base(
+    tiny_models, tiny_i2v_models, tmp_path
+):
+    import gradio as gr
+
+    from ui.studio import Studio
+    from ui.train_tab import TrainTab
+
+    tab = TrainTab(Studio(tmp_path / "workspace"))
+    with gr.Blocks():
+        tab.render()
+
+    def shown(model: str) -> set[str]:
+        updates = tab.image_settings(model)
+        return {n for n, u in zip(tab.form.image_fields, updates, strict=True) if u["visible"]}
+
+    every = set(tab.form.image_fields)
+    assert every == {
+        "ignore_learned_positional_embeddings",
+        "image_column",
+        "noised_image_dropout",
+        "validation_images",
+    }
+    assert not any(tab.form.widgets[name].visible for name in every)  # the default base: T2V
+    assert shown(str(tiny_models["5b"])) == set()
+    assert shown(str(tiny_i2v_models["5b-i2v"])) == every
+    assert shown(str(tiny_i2v_models["1.5-i2v"])) == every - {
+        "ignore_learned_positional_embeddings"
+    }
+    assert shown("THUDM/CogVideoX-5b-I2V") == every  # not downloaded: its name tells
+
+
+def test_a_preview_starts_from_an_upload_or_a_clip_of_the_runs_dataset(
+    clips_with_an_image, tiny_i2v_models, start_image, tmp_path
+):
+    import json
+
+    from ui.preview_tab import START_IMAGES, PreviewTab
+    from ui.studio import Studio
+
+    studio = Studio(tmp_path / "workspace")
+    preview = PreviewTab(studio)
+    job = studio.runner.store.add("i2v", "train", [])
+    Path(job.job_dir).mkdir(parents=True)
+    config = {
+        "pretrained_model_name_or_path": str(tiny_i2v_models["5b-i2v"]),
+        "data_root": str(clips_with_an_image),
+        "video_resolution_buckets": ["9x32x48"],
+        "ignore_learned_positional_embeddings": True,
+    }
+    (Path(job.job_dir) / "train_config.json").write_text(json.dumps(config))
+
+    assert preview.image_visibility(str(tiny_i2v_models["5b-i2v"]))["visible"]
+    assert not preview.image_visibility("THUDM/CogVideoX-5b")["visible"]
+    clips, ignore = preview.run_images(job.id)
+    assert clips.choices == [(name, name) for name in ("00.mp4", "01.mp4", "02.mp4", "03.mp4")]
+    assert ignore is True  # the run dropped the learned positions: its previews do too
+    frame, message = preview.use_first_frame(job.id, "02.mp4")
+    assert message == "" and Path(frame).parent == studio.workspace / START_IMAGES
+    _, refused = preview.use_first_frame(job.id, "../../escape.mp4")
+    assert "is not a clip of the run&#x27;s dataset" in refused  # the message, escaped
+    kept = preview._kept_image(str(start_image))  # an upload is copied into the workspace
+    assert Path(kept).parent == studio.workspace / START_IMAGES
+    assert Path(kept).read_bytes() == start_image.read_bytes()
+
+
+def test_the_queue_refuses_a_shape_the_5b_i2v_cannot_take_before_a_job_exists(
+    tiny_i2v_models, clips_with_an_image, runner
+):
+    from core.errors import UserError
+    from jobs.checks import check_before_queue
+    from jobs.spec import JobSpec
+
+    train = {
+        "pretrained_model_name_or_path": str(tiny_i2v_models["5b-i2v"]),
+        "data_root": str(clips_with_an_image),
+        "video_resolution_buckets": ["9x32x48"],
+    }
+    with pytest.raises(UserError, match=r"^--video_resolution_buckets: 9x32x48 is not 9x32x32"):
+        check_before_queue(JobSpec(name="i2v", train=train), runner)
+    assert runner.store.list() == []
+    allowed = {**train, "ignore_learned_positional_embeddings": True}
+    check_before_queue(JobSpec(name="i2v", train=allowed), runner)

@@ -68,9 +68,12 @@ class DatasetReport:
         return asdict(self)
 
 
-def build_report(config, tokenizer=None) -> DatasetReport:
-    """The report for a TrainConfig's dataset settings (a tokenizer adds caption lengths)."""
-    prepared: PreparedSamples = prepare_samples(config, require_samples=False)
+def build_report(config, tokenizer=None, image_to_video: bool = False) -> DatasetReport:
+    """The report for a TrainConfig's dataset settings (a tokenizer adds caption lengths); for
+    an image-to-video model, images alone are reported skipped, as its run skips them."""
+    prepared: PreparedSamples = prepare_samples(
+        config, require_samples=False, image_to_video=image_to_video
+    )
     root = prepared.root
     origins = CaptionRecord(root)
     rows, long_captions = [], []

@@ -256,18 +256,11 @@ class CogVideoX:
             return tensors
 
         return pipeline(
-            **self._image_argument(image),
             prompt=prompt,
             negative_prompt=negative_prompt or None,
-            num_frames=frames,
-            height=height,
-            width=width,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=generator,
             output_type="np",
             callback_on_step_end=step_end,
-            max_sequence_length=MAX_TEXT_TOKENS,
+            **self._sampling(image, frames, height, width, steps, guidance, generator),
         ).frames[0]
 
     @torch.no_grad()
@@ -289,17 +282,10 @@ class CogVideoX:
         dtype = pipeline.transformer.dtype
         with _encoder_casts_inputs(pipeline.vae):
             latents = pipeline(
-                **self._image_argument(image),
                 prompt_embeds=prompt_embeds.to(dtype),
                 negative_prompt_embeds=negative_embeds.to(dtype),
-                num_frames=frames,
-                height=height,
-                width=width,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                generator=generator,
                 output_type="latent",
-                max_sequence_length=MAX_TEXT_TOKENS,
+                **self._sampling(image, frames, height, width, steps, guidance, generator),
             ).frames
         # Decoded here rather than by the pipeline: the VAE may keep another dtype than the
         # transformer (fp32 training beside a bf16 VAE), and the pipeline doesn't cast between them.
@@ -310,20 +296,30 @@ class CogVideoX:
         video = pipeline.decode_latents(latents.to(pipeline.vae.dtype))
         return pipeline.video_processor.postprocess_video(video=video, output_type="np")[0]
 
-    def _image_argument(self, image) -> dict:
-        """The pipeline's `image` argument: required by image-to-video, refused by the others."""
+    def _sampling(self, image, frames, height, width, steps, guidance, generator) -> dict:
+        """The pipeline's arguments for what to sample: the shape, the steps, the guidance and
+        the generator, and the image (required by image-to-video, refused by the others)."""
+        arguments = {
+            "num_frames": frames,
+            "height": height,
+            "width": width,
+            "num_inference_steps": steps,
+            "guidance_scale": guidance,
+            "generator": generator,
+            "max_sequence_length": MAX_TEXT_TOKENS,
+        }
         if self.image_to_video:
             if image is None:
                 raise UserError(
                     f"{self.spec.title} makes videos from an image: give one to start from"
                 )
-            return {"image": image}
+            return {"image": image, **arguments}
         if image is not None:
             raise UserError(
                 f"{self.spec.title} makes videos from text alone: it takes no image (choose an "
                 "image-to-video base model to start from one)"
             )
-        return {}
+        return arguments
 
     # ---- trainable weights ------------------------------------------------------------------
 
