@@ -269,17 +269,23 @@ def _check_shape(cache: PipelineCache, request: PreviewRequest) -> None:
 def _label(frames: np.ndarray, text: str) -> np.ndarray:
     """The frames with a caption on a dark box in the top-left corner.
 
-    Pillow's built-in font, sized to the panel: nothing to download, readable at 480p.
+    Pillow's built-in font, sized to the panel: nothing to download, readable at 480p; on a
+    panel narrower than the caption at that size, as large as still fits (the page also names
+    the panels above the video).
     """
     from PIL import Image, ImageDraw, ImageFont
 
-    height = frames.shape[1]
-    font = ImageFont.load_default(size=max(10, height // 24))
+    height, width = frames.shape[1:3]
+    margin = max(2, height // 96)
+    size = max(10, height // 24)
+    font = ImageFont.load_default(size=size)
+    while size > 6 and font.getlength(text) > width - 2 * margin:
+        size -= 1
+        font = ImageFont.load_default(size=size)
     labelled = np.empty_like(frames)
     for index, frame in enumerate(frames):
         image = Image.fromarray(frame)
         draw = ImageDraw.Draw(image)
-        margin = max(2, height // 96)
         box = draw.textbbox((margin, margin), text, font=font)
         draw.rectangle((0, 0, box[2] + margin, box[3] + margin), fill=(0, 0, 0))
         draw.text((margin, margin), text, fill=(255, 255, 255), font=font)

@@ -27,20 +27,29 @@ def check_before_queue(spec: JobSpec, runner: Runner) -> None:
     if spec.kind != "train":
         return
     from core.data.dataset import prepare_samples
-    from core.models.registry import rules_at_hand, shape_problem
     from core.models.source import ModelSource, check_source
 
     output_folder(spec, runner.store.runs_dir)
     train = runner.resolve_paths(spec).train
     check_source(ModelSource(train.pretrained_model_name_or_path, train.revision, train.variant))
-    # The model's own shape rules, when its configs are at hand (a local folder, a cached Hub
-    # id): the 1.5's 8k+1 frames, the 5b-I2V's one shape.
+    rules = check_buckets_for_model(train)
+    # An empty dataset, or nothing that fits the buckets: one sentence (images alone are no
+    # samples for an image-to-video model).
+    prepare_samples(train, image_to_video=bool(rules is not None and rules.image_conditioned))
+
+
+def check_buckets_for_model(train):
+    """The buckets (and the validation size) against the base model's own shape rules (the 1.5
+    family's 8k+1 frames, the 5b-I2V's one shape), when its configs are at hand: a local folder,
+    or a Hub model already in the Hugging Face cache. Nothing is downloaded here; the trainer
+    checks the rest at its start. Returns the rules (None when the configs are not at hand)."""
+    from core.models.registry import rules_at_hand, shape_problem
+
     rules = rules_at_hand(train.pretrained_model_name_or_path)
     problem = shape_problem(rules, train) if rules is not None else None
     if problem:
         raise UserError(problem)
-    # An empty dataset, or nothing that fits the buckets: one sentence.
-    prepare_samples(train, image_to_video=bool(rules is not None and rules.image_conditioned))
+    return rules
 
 
 def output_folder(spec: JobSpec, runs_dir: Path) -> Path | None:

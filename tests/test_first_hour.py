@@ -139,9 +139,9 @@ def test_the_run_view_says_what_a_queued_run_waits_for(page, studio):
 # ---- 3. refused before a job exists, at the field ------------------------------------------
 
 
-def test_start_refuses_an_empty_dataset_at_the_data_root_field(page, studio, tmp_path):
+def test_start_refuses_an_empty_dataset_at_the_data_root_field(page, studio):
     train = page["TrainTab"]
-    empty = tmp_path / "empty"
+    empty = studio.datasets_dir / "empty"
     empty.mkdir()
     values = train.form.values_of({"data_root": str(empty)})
     launch = ("auto", 1, 0, "", "")
@@ -171,8 +171,8 @@ def test_a_bad_launch_setting_is_shown_at_its_widget(page):
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("clips")
+def clips(studio) -> Path:
+    folder = studio.datasets_dir / "clips"
     for index in range(2):
         write_clip(folder / f"c{index}.mp4", frames=13, height=64, width=96, seed=index)
         (folder / f"c{index}.txt").write_text(f"a square {index}\n")
@@ -210,9 +210,9 @@ def test_a_folder_upload_keeps_its_sub_folders_and_says_what_arrived(tmp_path):
     assert upload_paths(files[:2], ["x/other.mp4", "x/a.txt"]) == [Path("a.mp4"), Path("a.txt")]
 
 
-def test_captions_confirm_and_find_replace_edits_the_table_until_saved(page, tmp_path):
+def test_captions_confirm_and_find_replace_edits_the_table_until_saved(page, studio):
     dataset = page["DatasetTab"]
-    folder = tmp_path / "captions"
+    folder = studio.datasets_dir / "captions"
     write_clip(folder / "a.mp4", 9, 32, 32, seed=1)
     (folder / "a.txt").write_text("a red square")
     table = pd.DataFrame([["a.mp4", "a red square"]], columns=["file", "caption"])
@@ -354,7 +354,23 @@ def test_an_idle_tick_redraws_nothing_and_never_undoes_the_chosen_run(page, stud
     assert "choices" in selector.constructor_args and "value" not in selector.constructor_args
 
 
-def test_timers_start_off_and_a_refused_start_switches_nothing(page):
+def test_duplicate_opens_the_train_tab_with_the_run_settings_under_a_new_name(page, studio):
+    from jobs.spec import JobSpec
+
+    blocks, train = page["blocks"], page["TrainTab"]
+    job = train_job(studio, "original", status="succeeded")
+    spec = JobSpec(name="original", train={"train_steps": 77, "data_root": "/data"})
+    (Path(job.job_dir) / "spec.json").write_text(spec.model_dump_json())
+    duplicate = next(fn for fn in blocks.fns.values() if fn.name == "duplicate")
+    tabs, timer, name, *values = duplicate.fn(job.id)
+    assert (
+        tabs.constructor_args == {"selected": "train"} and timer.constructor_args["active"] is False
+    )
+    assert name == "original (copy)"
+    assert values[train.form.fields.index("train_steps")] == 77
+
+
+def test_every_timer_of_the_page_starts_off(page):
     assert not page["RunsTab"].timer.active
     assert not page["PreviewTab"].timer.active
     assert not page["PublishTab"].timer.active
@@ -382,9 +398,15 @@ def test_preview_takes_the_newest_finished_runs_validation_settings(page, studio
     assert settings == ["/models/tiny", "a square", 9, 48, 32, 4]
 
 
-def test_side_by_side_names_sit_above_the_panels():
+def test_side_by_side_names_fit_small_panels_and_sit_above_them():
+    import numpy as np
+
+    from core.infer import _label
     from ui.preview_tab import panel_labels_html
 
+    panel = _label(np.zeros((1, 32, 32, 3), np.uint8), "LoRA x0.75")[0]
+    lit = np.nonzero((panel[..., 0] > 60).any(axis=0))[0]  # the caption's columns
+    assert lit.size and lit.max() < 30  # it ends inside the 32-pixel panel, with its margin
     assert panel_labels_html(["base", "LoRA x0.75"]).count("<span>") == 2
     assert panel_labels_html(["LoRA"]) == ""
 

@@ -130,7 +130,7 @@ def test_an_idle_preview_worker_is_stopped_when_a_run_needs_the_cpu(runner, spec
 
 
 def test_start_refuses_an_empty_dataset_with_one_sentence_and_creates_no_job(
-    runner, spec_file, tmp_path, capsys
+    runner, spec_file, tiny_models, tmp_path, capsys
 ):
     empty = tmp_path / "empty dataset"
     empty.mkdir()
@@ -145,6 +145,15 @@ def test_start_refuses_an_empty_dataset_with_one_sentence_and_creates_no_job(
     too_long = spec_file(video_resolution_buckets=["49x32x32"])
     assert jobs_main(["--workspace", str(runner.workspace), "start", str(too_long)]) == 2
     assert "nothing in" in capsys.readouterr().err and runner.store.list() == []
+    # The base model's own rule, read from its configs: the 1.5 family takes 8k+1 frames.
+    wrong_shape = spec_file(
+        pretrained_model_name_or_path=str(tiny_models["1.5"]),
+        video_resolution_buckets=["13x32x32"],
+    )
+    assert jobs_main(["--workspace", str(runner.workspace), "start", str(wrong_shape)]) == 2
+    error = capsys.readouterr().err
+    assert "--video_resolution_buckets: 13x32x32" in error and "8k+1" in error
+    assert runner.store.list() == []
 
 
 def test_a_named_output_dir_is_honoured_and_the_job_folder_points_to_it(

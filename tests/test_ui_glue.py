@@ -10,7 +10,7 @@ import pytest
 
 from core.config import TrainConfig, make_config
 from core.confine import Confinement
-from core.data.captions import add_trigger, bulk_edit, find_replace, read_captions, write_captions
+from core.data.captions import read_captions, write_captions
 from core.data.importing import import_files, link_server_folder, safe_name
 from core.data.synthetic import make_reference_dataset, write_clip
 from core.errors import UserError
@@ -107,10 +107,10 @@ def test_captions_edit_in_place_in_every_layout(layout, tmp_path):
     first = sorted(read_captions(root))[0]
     assert write_captions(root, {first: "  an   edited caption "}) == 1
     assert read_captions(root)[first] == "an edited caption"
-    assert bulk_edit(root, add_trigger("SQR")) == 2
-    assert bulk_edit(root, add_trigger("SQR")) == 0  # already there
-    bulk_edit(root, find_replace("edited", "changed"))
-    assert read_captions(root)[first] == "SQR an changed caption"
+    every = {name: f"{text}, changed" for name, text in read_captions(root).items()}
+    assert write_captions(root, every) == 2
+    assert write_captions(root, every) == 0  # as they are already
+    assert read_captions(root)[first] == "an edited caption, changed"
     assert not list(root.glob(".*.partial"))
 
 

@@ -2,8 +2,8 @@
 
 A caption edit rewrites the file that holds it (name.txt, the reference's caption file, or the
 metadata file) under a temporary name and renames it, so a crash mid-save never leaves a
-half-written caption file. Bulk edits (add the trigger word, find and replace) go through the
-same path. Torch-free: the web process calls this.
+half-written caption file. The Dataset tab's table edits (find and replace among them) are saved
+through it. Torch-free: the web process calls this.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from core.data.dataset import relative_name
@@ -65,27 +64,6 @@ def write_captions(
     else:
         _rewrite_metadata(root, caption_column, video_column, changed)
     return len(changed)
-
-
-def bulk_edit(root: Path, edit: Callable[[str], str], **layout) -> int:
-    """Apply `edit` to every caption (trigger word, find and replace); returns changes made."""
-    captions = read_captions(root, **layout)
-    return write_captions(root, {name: edit(text) for name, text in captions.items()}, **layout)
-
-
-def add_trigger(word: str) -> Callable[[str], str]:
-    word = word.strip()
-
-    def edit(text: str) -> str:
-        return text if not word or text.split()[:1] == [word] else f"{word} {text}"
-
-    return edit
-
-
-def find_replace(find: str, replace: str) -> Callable[[str], str]:
-    if not find:
-        raise UserError("find and replace needs some text to find")
-    return lambda text: text.replace(find, replace)
 
 
 def _rewrite_reference(
