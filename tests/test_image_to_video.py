@@ -47,8 +47,8 @@ def clips_with_an_image(reference_dataset, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def guide_runs(tiny_i2v_models, clips_with_an_image, tmp_path_factory):
-    """One LoRA per image-to-video variant, trained in this process with the guide's flags (the
-    5b-I2V's also renders a validation video)."""
+    """One LoRA per image-to-video variant, trained in this process with the guide's flags, and
+    a validation video each from the first clip's image."""
     runs = {}
     for variant in I2V:
         out = tmp_path_factory.mktemp(f"guide-{variant}")
@@ -60,14 +60,11 @@ def guide_runs(tiny_i2v_models, clips_with_an_image, tmp_path_factory):
             str(clips_with_an_image),
             "--output_dir",
             str(out),
+            "--validation_prompts",
+            "BW_STYLE a square",
+            "--validation_inference_steps",
+            "2",
         ]
-        if variant == "5b-i2v":
-            argv += [
-                "--validation_prompts",
-                "BW_STYLE a square",
-                "--validation_inference_steps",
-                "2",
-            ]
         assert train_main(argv) == 0, variant
         runs[variant] = out
     return runs
@@ -112,8 +109,11 @@ def test_lora_loads_with_the_image_to_video_pipeline_and_changes_the_frames(
     assert np.array_equal(at_zero, base)
 
 
-def test_the_run_reports_each_clips_image_and_validates_from_one(guide_runs):
-    out = guide_runs["5b-i2v"]
+@pytest.mark.parametrize("variant", I2V)
+def test_the_run_reports_each_clips_image_and_validates_from_one(variant, guide_runs):
+    from core.data.video import probe
+
+    out = guide_runs[variant]
     events = read_events(out / "events.jsonl")
     dataset = next(e for e in events if e.kind == "dataset")
     assert dataset.images == {
@@ -125,6 +125,8 @@ def test_the_run_reports_each_clips_image_and_validates_from_one(guide_runs):
     assert dataset.samples == 4  # 01.png is clip 01's image, not a sample of its own
     validation = [e for e in events if e.kind == "validation"][-1]
     video = out / validation.files[0]
+    info = probe(video)
+    assert (info.frames, info.height, info.width) == (9, 32, 32)
     # The image the video started from (the first training sample's) is saved beside it.
     assert video.with_suffix(".png").is_file()
 
