@@ -161,6 +161,13 @@ class TrainTab:
             show_progress="hidden",
             **private,
         )
+        widgets["pretrained_model_name_or_path"].change(
+            self.image_settings,
+            [widgets["pretrained_model_name_or_path"]],
+            [widgets[name] for name in self.form.image_fields],
+            show_progress="hidden",
+            **private,
+        )
         layout_inputs = [widgets[name] for name in ("data_root", *LAYOUT_FIELDS)]
         gr.on(
             [widgets["data_root"].change, widgets["dataset_layout"].change],
@@ -310,6 +317,17 @@ class TrainTab:
             trigger_mode="once",
             api_visibility="private",
         ).then(None, js=SCROLL_TO_REFUSED)
+
+    def image_settings(self, model: str) -> list:
+        """The image-to-video settings, shown for an image-to-video base only (and the learned
+        positions' switch only for a base that has them)."""
+        kind = model_kind(model)
+        shown = {
+            name: kind.image_to_video
+            and (name != "ignore_learned_positional_embeddings" or kind.learned_positions)
+            for name in self.form.image_fields
+        }
+        return [gr.update(visible=shown[name]) for name in self.form.image_fields]
 
     def layout_fields(self, data_root: str, layout: str, caption_column: str, video_column: str):
         """The caption and video column fields, shown only where they apply: a dataset in the

@@ -149,6 +149,41 @@ def variant_at_hand(name: str | None) -> tuple[str | None, str | None, dict | No
     return None, None, None
 
 
+def rules_at_hand(name: str | None):
+    """A base model's shape rules from its configs, without the network (None when they are not
+    at hand: a Hub id not downloaded yet, or no model there)."""
+    configs = cached_configs(name) if name else None
+    if configs is None:
+        return None
+    transformer, vae = configs
+    try:
+        family = family_of_config(transformer)
+    except UserError:
+        return None
+    return spec_module(family).rules_from_configs(transformer, vae)
+
+
+def shape_problem(rules, config) -> str | None:
+    """The first training bucket, or the validation videos' size, that the checkpoint whose
+    `rules` these are can't take under a TrainConfig `config`: one sentence naming the flag."""
+    ignore = config.ignore_learned_positional_embeddings
+    for bucket in config.buckets:
+        problem = rules.shape_problem(*bucket, ignore_learned_positions=ignore)
+        if problem:
+            return f"--video_resolution_buckets: {problem}"
+    if config.validation_prompts:
+        frames, height, width = config.buckets[0]
+        size = (
+            config.validation_frames or frames,
+            config.validation_height or height,
+            config.validation_width or width,
+        )
+        problem = rules.shape_problem(*size, ignore_learned_positions=ignore)
+        if problem:
+            return f"--validation_frames/--validation_height/--validation_width: {problem}"
+    return None
+
+
 def open_family(spec: ModelSpec):
     """The family's runtime object for this checkpoint (imports torch and diffusers)."""
     entry = FAMILIES[spec.family]
