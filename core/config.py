@@ -101,6 +101,14 @@ class TrainConfig(InputSettings):
         description="Transformer layers that get LoRA adapters (name suffixes).",
         json_schema_extra=meta("training"),
     )
+    noised_image_dropout: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Image-to-video: probability of training a sample without its image (the "
+        "image latents zeroed), as the reference trainers do.",
+        json_schema_extra=meta("training", image_to_video=True),
+    )
     gradient_accumulation_steps: int = Field(
         1,
         ge=1,
@@ -260,6 +268,12 @@ class TrainConfig(InputSettings):
         description="Prompts to render during training, separated by ':::'.",
         json_schema_extra=meta("validation", separator=VALIDATION_SEPARATOR),
     )
+    validation_images: Prompts = Field(
+        default_factory=list,
+        description="Image-to-video: one image file per validation prompt, separated by ':::' "
+        "(default: the first training sample's image).",
+        json_schema_extra=meta("validation", separator=VALIDATION_SEPARATOR, image_to_video=True),
+    )
     validation_steps: int | None = Field(
         None,
         ge=1,
@@ -387,6 +401,13 @@ def settings_conflict(config: TrainConfig) -> str | None:
         return (
             "--offload_activations moves the inputs of checkpointed blocks to the CPU: "
             "add --gradient_checkpointing"
+        )
+    images, prompts = len(config.validation_images), len(config.validation_prompts)
+    if images and images != prompts:
+        return (
+            f"--validation_images: {images} image{'s' if images != 1 else ''} for {prompts} "
+            f"validation prompt{'s' if prompts != 1 else ''}; give one image per prompt, or none "
+            "to start every validation video from the first training sample's image"
         )
     if config.use_8bit_bnb and config.optimizer_implementation != "auto":
         return (

@@ -84,6 +84,13 @@ class InputSettings(BaseModel):
         description="Layers whose names match these patterns keep their full precision.",
         json_schema_extra=meta("model", advanced=True),
     )
+    ignore_learned_positional_embeddings: bool = Field(
+        False,
+        description="Image-to-video: drop CogVideoX-5b-I2V's learned positional embeddings, "
+        "which fit 49x480x720 only, to train at other shapes (the model card and previews then "
+        "drop them too).",
+        json_schema_extra=meta("model", advanced=True, image_to_video=True),
+    )
 
     # -- dataset -------------------------------------------------------------------------------
     data_root: str = Field(
@@ -110,6 +117,14 @@ class InputSettings(BaseModel):
         description="File under --data_root holding one caption per line, in the order of "
         "--video_column (or the caption column of a metadata.csv).",
         json_schema_extra=meta("dataset"),
+    )
+    image_column: str = Field(
+        "images.txt",
+        min_length=1,
+        description="Image-to-video: file under --data_root listing one image per clip, in the "
+        "order of --video_column (or the image column of a metadata.csv); a clip without one "
+        "starts from its own first frame. Beside name.mp4, name.png names it too.",
+        json_schema_extra=meta("dataset", advanced=True, image_to_video=True),
     )
     id_token: str | None = Field(
         None,

@@ -63,7 +63,9 @@ def run_files(run_dir: Path) -> list[Path]:
     if not weights:
         raise UserError(f"{run_dir} has no trained weights to push; let the run finish first")
     # train_config.json stays home: it holds the machine's own paths (data, output, base).
-    return [*weights, *latest_samples(run_dir)]
+    samples = latest_samples(run_dir)
+    images = [p for p in map(sample_image, samples) if (run_dir / p).is_file()]
+    return [*weights, *samples, *images]
 
 
 def latest_samples(run_dir: Path) -> list[Path]:
@@ -77,6 +79,11 @@ def latest_samples(run_dir: Path) -> list[Path]:
         return []
     newest = max(steps)[1]
     return sorted(p.relative_to(run_dir) for p in newest.glob("*.mp4"))
+
+
+def sample_image(sample: Path) -> Path:
+    """The image an image-to-video validation video started from: saved beside it, as PNG."""
+    return sample.with_suffix(".png")
 
 
 def _license(base: str, hub_base: bool) -> list[str]:
@@ -93,12 +100,19 @@ def _license(base: str, hub_base: bool) -> list[str]:
     return ["license: other"]  # the text says it follows the base model
 
 
-def _card_code(base: str, repo_id: str, lora: bool, prompt: str, config: dict) -> list[str]:
-    """The snippet, from the base model's family (its configs if at hand, else its Hub id)."""
+def _base_variant(base: str):
+    """The base model's family spec module and variant (its configs if at hand, else its Hub
+    id's name; the variant is None when neither tells)."""
     from core.models.registry import DEFAULT_FAMILY, spec_module, variant_at_hand
 
     family, variant, _ = variant_at_hand(base)
-    return spec_module(family or DEFAULT_FAMILY).card_code(
+    return spec_module(family or DEFAULT_FAMILY), variant
+
+
+def _card_code(base: str, repo_id: str, lora: bool, prompt: str, config: dict) -> list[str]:
+    """The snippet, from the base model's family."""
+    spec, variant = _base_variant(base)
+    return spec.card_code(
         variant,
         base,
         repo_id,
@@ -126,14 +140,16 @@ def build_model_card(
     example = (config.get("validation_prompts") or ["your prompt"])[0]
     if trigger and trigger not in example:
         example = f"{trigger} {example}"
+    spec, variant = _base_variant(base)
+    task = "image-to-video" if variant in spec.IMAGE_TO_VIDEO else "text-to-video"
     front = [
         "---",
         *([f"base_model: {base}"] if hub_base else []),
         "library_name: diffusers",
         *_license(base, hub_base),
-        "pipeline_tag: text-to-video",
+        f"pipeline_tag: {task}",
         "tags:",
-        "- text-to-video",
+        f"- {task}",
         "- cogvideox",
         "- diffusers",
         *(["- lora"] if lora else []),
@@ -176,7 +192,17 @@ def build_model_card(
     if samples:
         lines += ["", "## Samples", ""]
         link = sample_link or (lambda path: path.relative_to(run_dir).as_posix())
-        lines += [f"- [{p.stem} ({p.parent.name})]({link(run_dir / p)})" for p in samples]
+        images = [sample_image(p) for p in samples]
+        if any((run_dir / image).is_file() for image in images):
+            # Image-to-video: each sample beside the image it started from.
+            lines += ["| image | sample |", "| --- | --- |"]
+            lines += [
+                f"| ![{image.name}]({link(run_dir / image)}) | [{p.stem} ({p.parent.name})]"
+                f"({link(run_dir / p)}) |"
+                for p, image in zip(samples, images, strict=True)
+            ]
+        else:
+            lines += [f"- [{p.stem} ({p.parent.name})]({link(run_dir / p)})" for p in samples]
     code = _card_code(base, repo_id, lora, example, config)
     lines += ["", "## Use it with diffusers", "", "```python", *code, "```", ""]
     return "\n".join(lines)

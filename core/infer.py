@@ -104,7 +104,9 @@ class PipelineCache:
         if request.transformer:
             folder = transformer_folder(request.transformer, source)
             transformer = (str(folder.resolve()), folder_stamp(folder))
-        return (source.location, transformer, request.dtype, str(self.device))
+        # Dropping learned positions changes the loaded transformer: another key.
+        learned = not request.ignore_learned_positional_embeddings
+        return (source.location, transformer, request.dtype, str(self.device), learned)
 
     def pipeline_for(self, request: PreviewRequest, on_load: Callable[[], None] | None = None):
         """The request's base pipeline: the one already loaded, or a fresh load."""
@@ -200,6 +202,8 @@ def _load_pipeline(request: PreviewRequest, device: torch.device):
         raise UserError(
             f"could not load the base model {request.base} ({first_line(error)})"
         ) from None
+    if request.ignore_learned_positional_embeddings:
+        family.drop_learned_positions(pipeline.transformer)
     pipeline.set_progress_bar_config(disable=True)
     # Decoding 49 frames at 480x720 in one piece needs more memory than the denoising itself.
     pipeline.vae.enable_slicing()
@@ -226,6 +230,7 @@ def _render(
     generator = torch.Generator("cpu").manual_seed(request.seed)
     frames = cache.family.render(
         cache.pipeline,
+        image=_start_image(request),
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
         frames=request.frames,
@@ -237,6 +242,28 @@ def _render(
         on_step=on_step,
     )
     return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def _start_image(request: PreviewRequest):
+    """The request's image (image-to-video) at the preview's size, as a PIL image, or None."""
+    if not request.image:
+        return None
+    from core.data.dataset import load_condition_image, to_pil
+
+    path = Path(request.image).expanduser()
+    return to_pil(load_condition_image(path, request.height, request.width))
+
+
+def _check_shape(cache: PipelineCache, request: PreviewRequest) -> None:
+    """The base's shape rules (the 5b-I2V's learned positions fit one shape) before rendering."""
+    problem = cache.family.rules.shape_problem(
+        request.frames,
+        request.height,
+        request.width,
+        ignore_learned_positions=request.ignore_learned_positional_embeddings,
+    )
+    if problem:
+        raise UserError(f"the preview's size: {problem}")
 
 
 def _label(frames: np.ndarray, text: str) -> np.ndarray:
@@ -300,6 +327,7 @@ def generate(
 
     check_request(request)  # a typo fails in milliseconds, before any weights move
     cache.pipeline_for(request, on_load=lambda: status("loading"))
+    _check_shape(cache, request)
     cache.use_loras(request.loras)  # loaded before "generating": a LoRA that won't fit fails here
     status("generating")
     if request.compare_scales:
@@ -376,6 +404,12 @@ def _parser() -> argparse.ArgumentParser:
         help="LoRA folder, file or Hub id, scale 1 unless given; repeat for several",
     )
     one.add_argument("--transformer", help="a full-finetune transformer folder")
+    one.add_argument("--image", help="image-to-video bases: the image the video starts from")
+    one.add_argument(
+        "--ignore_learned_positional_embeddings",
+        action="store_true",
+        help="run the base without its learned positional embeddings (as the LoRA was trained)",
+    )
     one.add_argument("--prompt", required=True)
     one.add_argument("--negative_prompt", default="")
     for name, default in (("frames", 49), ("height", 480), ("width", 720), ("steps", 50)):
@@ -407,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
             base=args.base,
             loras=[_lora_argument(text) for text in args.lora],
             transformer=args.transformer,
+            image=args.image,
+            ignore_learned_positional_embeddings=args.ignore_learned_positional_embeddings,
             prompt=args.prompt,
             negative_prompt=args.negative_prompt,
             frames=args.frames,

@@ -68,6 +68,16 @@ class PreviewRequest(BaseModel):
     steps: int = Field(50, ge=1, le=1000)
     guidance: float = Field(6.0, ge=0.0, le=50.0)
     seed: int = Field(42, ge=0, le=2**63 - 1)
+    image: str | None = Field(
+        None,
+        description="image-to-video bases: the image file the video starts from (resized to "
+        "cover the frame and center-cropped, as training images are)",
+    )
+    ignore_learned_positional_embeddings: bool = Field(
+        False,
+        description="run the base without its learned positional embeddings, as a LoRA trained "
+        "with --ignore_learned_positional_embeddings was",
+    )
     compare_scales: list[float] = Field(
         default_factory=list,
         max_length=MAX_COMPARE_SCALES,

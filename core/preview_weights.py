@@ -114,6 +114,8 @@ def check_request(request: PreviewRequest) -> None:
         transformer_folder(request.transformer, source)
     for lora in request.loras:
         find_lora(lora.path)
+    if request.image and not Path(request.image).expanduser().is_file():
+        raise UserError(f"the image {request.image} does not exist")
 
 
 def first_line(error: BaseException) -> str:

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core.config import TrainConfig, parse_args
-from core.data.dataset import PreparedSamples, relative_name
+from core.data.dataset import PreparedSamples, describe_image, relative_name
 from core.diskspace import full_disk_failure, tolerate_full_disk_in_std_streams
 from core.errors import EXIT_FAILED, EXIT_USER_ERROR, UserError
 from core.events import (
@@ -150,18 +150,25 @@ class Trainer:
     def check_inputs(self) -> None:
         """Everything that can be checked without loading a model; fails before writing."""
         from core.data.dataset import prepare_samples
-        from core.models.registry import identify
+        from core.models.registry import identify, shape_problem
         from core.models.source import ModelSource, check_source
 
         config = self.config
         source = ModelSource(config.pretrained_model_name_or_path, config.revision, config.variant)
         check_source(source)
         self.spec = identify(source, config.model_name)
-        for bucket in config.buckets:
-            problem = self.spec.rules.shape_problem(*bucket)
-            if problem:
-                raise UserError(f"--video_resolution_buckets: {problem}")
-        self.prepared = prepare_samples(config)
+        problem = shape_problem(self.spec.rules, config)
+        if problem:
+            raise UserError(problem)
+        if config.validation_images and not self.spec.image_to_video:
+            raise UserError(
+                f"--validation_images: {self.spec.title} makes videos from text alone; remove "
+                "the images, or train an image-to-video base model"
+            )
+        for image in config.validation_images:
+            if not Path(image).expanduser().is_file():
+                raise UserError(f"--validation_images: {image} does not exist")
+        self.prepared = prepare_samples(config, image_to_video=self.spec.image_to_video)
         self.checkpointer.find_resume()
 
     def prepare_data(self) -> None:
@@ -185,6 +192,7 @@ class Trainer:
         self.spec = replace(self.spec, source=source)
         self.family = open_family(self.spec)
         self.checkpointer.family = self.family
+        self.batches.images = self.family.image_to_video
         self.tokenizer = self.family.load_tokenizer()
         self.scheduler = self.family.load_scheduler()
         root = prepared.root
@@ -200,6 +208,16 @@ class Trainer:
                 name,
                 limit,
             )
+        # Image-to-video: which image each clip starts from (its own file, or its first frame).
+        images = {}
+        if self.family.image_to_video:
+            images = {relative_name(s.path, root): describe_image(s, root) for s in samples}
+            named = sum(1 for s in samples if s.image)
+            log.info(
+                "Image-to-video: %d clips start from their own image, %d from their first frame",
+                named,
+                len(samples) - named,
+            )
         self.reporter.emit(
             DatasetEvent(
                 root=str(root),
@@ -211,6 +229,7 @@ class Trainer:
                     for item in prepared.skipped
                 ],
                 long_captions=long_captions,
+                **({"images": images} if images else {}),
             )
         )
 
@@ -267,9 +286,15 @@ class Trainer:
             backend.unwrap(self.transformer).config,
             backend.device,
             DTYPES[config.transformer_dtype],
+            noised_image_dropout=config.noised_image_dropout,
         )
         self.validator.prepare(
-            self.family, self.conditions, self.scheduler, self.attention_backend, self.stop.check
+            self.family,
+            self.conditions,
+            self.scheduler,
+            self.attention_backend,
+            self.stop.check,
+            self.batches.samples,
         )
         micro_steps = config.train_steps * config.gradient_accumulation_steps
         self.train_epochs = math.ceil(micro_steps / len(self.batches.epoch(0)))

@@ -32,26 +32,24 @@ def check_before_queue(spec: JobSpec, runner: Runner) -> None:
     output_folder(spec, runner.store.runs_dir)
     train = runner.resolve_paths(spec).train
     check_source(ModelSource(train.pretrained_model_name_or_path, train.revision, train.variant))
-    check_buckets_for_model(train)
-    prepare_samples(train)  # an empty dataset, or nothing that fits the buckets: one sentence
+    rules = check_buckets_for_model(train)
+    # An empty dataset, or nothing that fits the buckets: one sentence (images alone are no
+    # samples for an image-to-video model).
+    prepare_samples(train, image_to_video=bool(rules is not None and rules.image_conditioned))
 
 
-def check_buckets_for_model(train) -> None:
-    """The buckets against the base model's own shape rules (the 1.5 family's 8k+1 frames, the
-    5b-I2V's one shape), when its configs are at hand: a local folder, or a Hub model already in
-    the Hugging Face cache. Nothing is downloaded here; the trainer checks the rest at its start."""
-    from core.models.registry import cached_configs, family_of_config, spec_module
+def check_buckets_for_model(train):
+    """The buckets (and the validation size) against the base model's own shape rules (the 1.5
+    family's 8k+1 frames, the 5b-I2V's one shape), when its configs are at hand: a local folder,
+    or a Hub model already in the Hugging Face cache. Nothing is downloaded here; the trainer
+    checks the rest at its start. Returns the rules (None when the configs are not at hand)."""
+    from core.models.registry import rules_at_hand, shape_problem
 
-    configs = cached_configs(train.pretrained_model_name_or_path)
-    if configs is None:
-        return
-    transformer, vae = configs
-    family = family_of_config(transformer, train.model_name)
-    rules = spec_module(family).rules_from_configs(transformer, vae)
-    for bucket in train.buckets:
-        problem = rules.shape_problem(*bucket)
-        if problem:
-            raise UserError(f"--video_resolution_buckets: {problem}")
+    rules = rules_at_hand(train.pretrained_model_name_or_path)
+    problem = shape_problem(rules, train) if rules is not None else None
+    if problem:
+        raise UserError(problem)
+    return rules
 
 
 def output_folder(spec: JobSpec, runs_dir: Path) -> Path | None:

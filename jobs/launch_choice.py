@@ -147,6 +147,8 @@ def need(family: Family, training_type: TrainingType, backend: str) -> Need:
 class ModelKind:
     family: Family | None  # None: not recognised
     tiny: bool = False  # a test model built by core.tiny: figures for the real sizes don't apply
+    image_to_video: bool = False  # each clip starts from an image (the I2V variants)
+    learned_positions: bool = False  # learned positional embeddings fit one shape (5b-I2V)
 
 
 def model_kind(name_or_path: str | None) -> ModelKind:
@@ -155,13 +157,19 @@ def model_kind(name_or_path: str | None) -> ModelKind:
     family, variant, transformer = variant_at_hand(name_or_path)
     if variant is None:
         return ModelKind(None)
-    size = spec_module(family).size_class(variant)
+    spec = spec_module(family)
+    size = spec.size_class(variant)
     width = 0
     if transformer is not None:
         width = int(transformer.get("num_attention_heads", 0)) * int(
             transformer.get("attention_head_dim", 0)
         )
-    return ModelKind(size if size in FAMILIES else None, tiny=0 < width < 1024)
+    return ModelKind(
+        size if size in FAMILIES else None,
+        tiny=0 < width < 1024,
+        image_to_video=variant in spec.IMAGE_TO_VIDEO,
+        learned_positions=spec.has_learned_positions(variant, transformer),
+    )
 
 
 # ---- the configs -------------------------------------------------------------------------------

@@ -35,6 +35,15 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_i2v_models(tmp_path_factory) -> dict[str, Path]:
+    """One tiny image-to-video checkpoint per variant: {"5b-i2v": path, "1.5-i2v": path}."""
+    from core.tiny import I2V_VARIANTS, build_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny-i2v-models")
+    return {variant: build_tiny_checkpoint(root / variant, variant) for variant in I2V_VARIANTS}
+
+
+@pytest.fixture(scope="session")
 def reference_dataset(tmp_path_factory) -> Path:
     """Four 9-frame 32x32 clips in the reference layout (videos.txt + prompt.txt)."""
     from core.data.synthetic import make_reference_dataset

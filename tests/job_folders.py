@@ -34,7 +34,12 @@ def hold_the_cpu(runner: Runner) -> subprocess.Popen:
     """A running job (a sleeping process with the job's marker) holding the CPU, so that
     nothing queued on it starts. The caller kills the process."""
     started = ConfigEvent(training_configuration={}, config={})
-    job = job_folder(runner, "holds the cpu", [started])
+    return run_as_sleeper(runner, job_folder(runner, "holds the cpu", [started]))
+
+
+def run_as_sleeper(runner: Runner, job) -> subprocess.Popen:
+    """Mark a job running, its process a sleeper with the job's marker (SIGINT or SIGTERM end
+    it, as a stop would). The caller kills the process."""
     process = subprocess.Popen(
         ["sleep", "600"], env={"COGVIDEOX_JOB_DIR": job.job_dir}, start_new_session=True
     )

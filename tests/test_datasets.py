@@ -274,3 +274,66 @@ def test_frame_counts_the_family_cannot_use_are_refused_with_the_nearest(
     err = capsys.readouterr().err
     assert "45x32x32 has 45 frames, but CogVideoX1.5 needs 8k+1 frames" in err
     assert "the nearest are 41 or 49" in err
+
+
+# ---- image-to-video: the image each clip starts from ------------------------------------------
+
+
+def _image(path: Path, colour: int = 120) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((40, 60, 3), colour, np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["reference", "metadata", "pairs"])
+def test_a_dataset_names_the_image_a_clip_starts_from_else_its_first_frame(layout, tmp_path):
+    root = tmp_path / layout
+    if layout == "reference":
+        make_reference_dataset(root, count=2)
+        _image(root / "images" / "start.jpg")
+        _image(root / "images" / "other.png", colour=30)
+        (root / "images.txt").write_text("images/start.jpg\nimages/other.png\n")
+        expected = {"videos/00.mp4": "images/start.jpg", "videos/01.mp4": "images/other.png"}
+    elif layout == "metadata":
+        make_metadata(root, "jsonl")
+        _image(root / "first.webp")
+        rows = [
+            {"file_name": "clips/one.mp4", "caption": "first", "image": "first.webp"},
+            {"file_name": "clips/two two.mp4", "caption": "second", "image": ""},
+        ]
+        (root / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        expected = {"clips/one.mp4": "first.webp", "clips/two two.mp4": "first frame"}
+    else:
+        make_pairs(root)
+        _image(root / "a clip.png")
+        expected = {"a clip.mp4": "a clip.png", "sub dir/ünïcödé/vidéo 2.mp4": "first frame"}
+
+    report = report_for(root)
+
+    images = {row.file: row.image for row in report.samples if row.image}
+    assert images == expected
+    # An image beside its clip is that clip's image, not a sample of its own.
+    assert "a clip.png" not in files_and_captions(report)
+
+
+def test_image_to_video_skips_lone_images_and_clips_whose_image_is_unreadable(tmp_path):
+    root = make_pairs(tmp_path / "pairs")
+    (root / "a clip.png").write_bytes(b"not an image")
+    config = make_config({"data_root": str(root), "video_resolution_buckets": BUCKETS})
+
+    prepared = prepare_samples(config, require_samples=False, image_to_video=True)
+
+    reasons = {item.path.name: item.reason for item in prepared.skipped}
+    assert reasons["still.png"] == "an image alone: image-to-video trains on clips"
+    assert reasons["a clip.mp4"].startswith("its image a clip.png: not a readable image")
+    assert [s.path.name for s in prepared.samples] == ["vidéo 2.mp4"]
+
+
+def test_an_images_file_that_does_not_match_the_clips_is_one_sentence(tmp_path):
+    root = make_reference_dataset(tmp_path / "ref", count=2)
+    (root / "images.txt").write_text("videos/00.mp4\n")
+    expected = r"^--image_column: images.txt lists 1 image but videos.txt lists 2 clips"
+    with pytest.raises(UserError, match=expected):
+        report_for(root)

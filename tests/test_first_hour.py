@@ -263,13 +263,13 @@ def test_the_card_names_the_trigger_word_and_links_samples_the_app_serves(tmp_pa
 # ---- 6. the Train tab ----------------------------------------------------------------------
 
 
-def test_the_column_fields_show_only_for_layouts_that_have_columns(page, clips, tmp_path):
+def test_the_column_fields_show_only_for_layouts_that_have_columns(page, clips, studio):
     from core.data.synthetic import make_reference_dataset
 
     train = page["TrainTab"]
     pairs = train.layout_fields(str(clips), "auto", "prompt.txt", "videos.txt")
     assert [update["visible"] for update in pairs] == [False, False]
-    reference = make_reference_dataset(tmp_path / "reference", count=1)
+    reference = make_reference_dataset(studio.datasets_dir / "reference", count=1)
     listed = train.layout_fields(str(reference), "auto", "prompt.txt", "videos.txt")
     assert [update["visible"] for update in listed] == [True, True]
 
@@ -428,16 +428,10 @@ def test_the_form_and_preset_come_back_after_a_restart(page, studio):
 def test_a_reopened_page_lands_on_a_run_under_way(page, studio):
     blocks, runs = page["blocks"], page["RunsTab"]
     restore = next(fn for fn in blocks.fns.values() if fn.name == "restore")
-    import psutil
+    from tests.job_folders import run_as_sleeper
 
     job = train_job(studio, "under way", status="running")
-    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    studio.runner.store.update(
-        job.id,
-        pid=sleeper.pid,
-        pgid=sleeper.pid,
-        proc_start=psutil.Process(sleeper.pid).create_time(),
-    )
+    sleeper = run_as_sleeper(studio.runner, job)
     try:
         outputs = restore.fn("9x32x32")
         tabs = outputs[

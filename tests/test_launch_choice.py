@@ -144,6 +144,9 @@ def test_a_local_folder_is_recognised_by_its_transformer_config(tmp_path):
         assert kind.family == name.removesuffix("-i2v")
         assert kind.tiny == (name == "1.5")
     assert model_kind(str(tmp_path)).family is None  # a folder that is no model
+    # A folder not there yet (the demo's tiny model before its first build): no family, and
+    # no look-up in the Hub cache under a name that is no Hub id (that raised on Start).
+    assert model_kind(str(tmp_path / "models" / "tiny-cogvideox-5b")).family is None
 
 
 def test_the_tiny_checkpoints_are_recognised(tiny_models):

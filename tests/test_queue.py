@@ -5,17 +5,15 @@ trains."""
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from jobs import queue
 from jobs.__main__ import main as jobs_main
 from jobs.spec import JobSpec
 from jobs.store import Job
+from tests.job_folders import run_as_sleeper
 
 
 def job(job_id: str, kind: str = "train", gpus=(), status: str = "queued", name=None) -> Job:
@@ -63,21 +61,11 @@ def test_an_idle_preview_worker_steps_aside_for_a_run_but_not_for_another_previe
     assert again.step_aside == [] and "stepping aside" in again.reasons["R"]
 
 
-def fake_running_job(
-    runner, name: str, kind: str = "train", gpus=()
-) -> tuple[Job, subprocess.Popen]:
-    """A job the runner sees running: its process is a sleeper that SIGINT ends."""
-    record = runner.store.add(name, kind, list(gpus))
+def fake_running_job(runner, name: str, kind: str = "train"):
+    """A job the runner sees running: its process a sleeper that SIGINT ends."""
+    record = runner.store.add(name, kind, [])
     Path(record.job_dir).mkdir(parents=True)
-    sleeper = subprocess.Popen(["sleep", "600"], start_new_session=True)
-    runner.store.update(
-        record.id,
-        status="running",
-        pid=sleeper.pid,
-        pgid=sleeper.pid,
-        proc_start=psutil.Process(sleeper.pid).create_time(),
-        started=time.time(),
-    )
+    sleeper = run_as_sleeper(runner, record)
     return runner.store.get(record.id), sleeper
 
 

@@ -71,11 +71,22 @@ def number_step(default: float | None) -> float:
     return float(magnitude) if abs(default) < 1 else (1.0 if abs(default) >= 10 else 0.1)
 
 
+def image_to_video_only(name: str) -> bool:
+    """Whether a setting applies to image-to-video base models only (shown for those)."""
+    return bool((TrainConfig.model_fields[name].json_schema_extra or {}).get("image_to_video"))
+
+
 def _widget(name: str, info) -> gr.components.Component:
     annotation = _core_type(info.annotation)
     extra = info.json_schema_extra or {}
     default = info.get_default(call_default_factory=True)
-    common = {"label": label(name), "info": help_text(name), "elem_id": f"field-{name}"}
+    common = {
+        "label": label(name),
+        "info": help_text(name),
+        "elem_id": f"field-{name}",
+        # Image-to-video settings appear once an image-to-video base is chosen.
+        "visible": not image_to_video_only(name),
+    }
     origin = get_origin(annotation)
     if annotation is bool:
         return gr.Checkbox(value=bool(default), **common)
@@ -102,6 +113,7 @@ class TrainForm:
 
     def __init__(self):
         self.fields = [name for name in TrainConfig.model_fields if name not in APP_OWNED]
+        self.image_fields = [name for name in self.fields if image_to_video_only(name)]
         self.widgets: dict[str, gr.components.Component] = {}
         # The folds around each field, outermost first: opened to show a refused value.
         self.folds: dict[str, list[gr.Accordion]] = {}

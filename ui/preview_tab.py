@@ -10,8 +10,10 @@ client are imported by the handlers that use them: building the page needs neith
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import html
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,7 @@ import gradio as gr
 from pydantic import ValidationError
 
 from core.config import describe_validation_error, parse_bucket
+from core.data.video import IMAGE_SUFFIXES
 from core.errors import UserError
 from ui.studio import Studio
 
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
     from jobs.previews import Ticket
 
 POLL_SECONDS = 1.0
+START_IMAGES = Path("previews") / "start-images"  # under the workspace: images previews start from
+MAX_FIRST_FRAMES = 200  # clips offered as a start image
 PHASES = {
     "started": "Generating… the worker took the request",
     "loading": "Generating… loading the base model (the first preview of a base loads it once)",
@@ -80,6 +85,22 @@ class PreviewTab:
             self.width = gr.Number(value=720, precision=0, label="Width")
             self.steps = gr.Number(value=50, precision=0, label="Steps")
             self.seed = gr.Number(value=42, precision=0, label="Seed")
+        # Image-to-video bases start from an image: uploaded, or a clip's first frame.
+        with gr.Row(visible=False, elem_id="preview-image-row") as self.image_row:
+            self.image = gr.Image(
+                type="filepath",
+                sources=["upload"],
+                label="Start image (image-to-video)",
+                height=180,
+                elem_id="preview-image",
+            )
+            self.first_frame = gr.Dropdown(
+                label="or the first frame of a clip of the run's dataset",
+                choices=[],
+                elem_id="preview-first-frame",
+            )
+        # A run trained without the base's learned positional embeddings previews without them.
+        self.ignore_learned = gr.State(False)
         with gr.Row():
             self.compare = gr.Checkbox(
                 value=True, label="Side by side with the base model", elem_id="preview-compare"
@@ -94,6 +115,15 @@ class PreviewTab:
         self.settings = [self.base, self.prompt, self.frames, self.height, self.width, self.steps]
         private = {"api_visibility": "private"}
         self.run.input(self.pick_run, [self.run], self.settings, **private)
+        self.run.change(
+            self.run_images, [self.run], [self.first_frame, self.ignore_learned], **private
+        )
+        self.base.change(
+            self.image_visibility, [self.base], [self.image_row], show_progress="hidden", **private
+        )
+        self.first_frame.select(
+            self.use_first_frame, [self.run, self.first_frame], [self.image, self.status], **private
+        )
         # "Generating…" at once (no queue), then the request, which may first wait for the
         # demo model to finish building.
         self.generate.click(
@@ -120,6 +150,8 @@ class PreviewTab:
                 self.compare,
                 self.busy_gpu,
                 gpus_widget,
+                self.image,
+                self.ignore_learned,
             ],
             [self.ticket, self.status, self.panels, self.timer],
             **private,
@@ -190,6 +222,8 @@ class PreviewTab:
         compare,
         busy_gpu,
         gpus,
+        image=None,
+        ignore_learned=False,
     ):
         from core.preview_protocol import LoraChoice, PreviewRequest
         from jobs.previews import find_worker, request_preview
@@ -217,6 +251,8 @@ class PreviewTab:
                 steps=int(steps),
                 seed=int(seed),
                 compare_scales=[scale] if compare and loras else [],
+                image=self._kept_image(image),
+                ignore_learned_positional_embeddings=bool(ignore_learned),
             )
         except (ValidationError, TypeError, ValueError) as error:
             text = (
@@ -240,6 +276,93 @@ class PreviewTab:
             "first; later previews reuse them)"
         )
         return ticket, _message(note), "", gr.Timer(POLL_SECONDS, active=True)
+
+    # ---- image-to-video -----------------------------------------------------------------------
+
+    @staticmethod
+    def image_visibility(base: str):
+        """The start image, shown for an image-to-video base model only."""
+        from jobs.launch_choice import model_kind
+
+        return gr.update(visible=model_kind(base).image_to_video)
+
+    def _run_config(self, job_id: str | None) -> dict | None:
+        job = self.studio.runner.store.get(job_id) if job_id else None
+        if job is None:
+            return None
+        try:
+            return json.loads((Path(job.job_dir) / "train_config.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def run_images(self, job_id: str | None):
+        """The run's clips whose first frame can start a preview, and whether the run dropped
+        the base's learned positional embeddings (its previews must too)."""
+        from core.data.discover import discover
+        from core.data.video import is_image
+
+        config = self._run_config(job_id)
+        if config is None:
+            return gr.Dropdown(choices=[], value=None), False
+        clips = []
+        root = Path(config.get("data_root") or "").expanduser()
+        if root.is_dir():
+            try:
+                found = discover(
+                    root,
+                    config.get("dataset_layout", "auto"),
+                    config.get("caption_column", "prompt.txt"),
+                    config.get("video_column", "videos.txt"),
+                )
+            except (UserError, OSError, ValueError):
+                found = None  # the dataset moved or changed: an upload still works
+            if found is not None:
+                clips = [
+                    str(sample.path.resolve().relative_to(root.resolve()))
+                    for sample in found.samples
+                    if not is_image(sample.path)
+                ][:MAX_FIRST_FRAMES]
+        ignore = bool(config.get("ignore_learned_positional_embeddings"))
+        return gr.Dropdown(choices=clips, value=None), ignore
+
+    def use_first_frame(self, job_id: str | None, clip: str | None):
+        """The chosen clip's first frame, saved in the workspace as the preview's start image."""
+        from PIL import Image
+
+        from core.data.video import UnreadableMedia, read_frames
+
+        config = self._run_config(job_id)
+        if config is None or not clip:
+            return gr.skip(), ""
+        root = Path(config.get("data_root") or "").expanduser().resolve()
+        path = (root / clip).resolve()
+        if not path.is_relative_to(root):  # only the run's own clips
+            return gr.skip(), _message(f"{clip} is not a clip of the run's dataset", "error")
+        try:
+            frame = read_frames(path, [0])[0]
+        except UnreadableMedia as error:
+            return gr.skip(), _message(f"{clip} can't be read ({error})", "error")
+        folder = self.studio.workspace / START_IMAGES
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{hashlib.blake2b(str(path).encode(), digest_size=8).hexdigest()}.png"
+        Image.fromarray(frame).save(target)
+        return str(target), ""
+
+    def _kept_image(self, image: str | None) -> str | None:
+        """The start image as a file in the workspace: an upload (in Gradio's temporary
+        folder) is copied there, so the preview worker reads a file the app keeps."""
+        if not image:
+            return None
+        source = Path(image)
+        folder = (self.studio.workspace / START_IMAGES).resolve()
+        if source.resolve().parent == folder:
+            return str(source)
+        digest = hashlib.blake2b(source.read_bytes(), digest_size=8).hexdigest()
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = source.suffix.lower() if source.suffix.lower() in IMAGE_SUFFIXES else ".png"
+        target = folder / f"{digest}{suffix}"
+        shutil.copyfile(source, target)
+        return str(target)
 
     def poll(self, ticket: Ticket | None):
         from jobs.previews import poll_preview

@@ -161,6 +161,13 @@ class TrainTab:
             show_progress="hidden",
             **private,
         )
+        widgets["pretrained_model_name_or_path"].change(
+            self.image_settings,
+            [widgets["pretrained_model_name_or_path"]],
+            [widgets[name] for name in self.form.image_fields],
+            show_progress="hidden",
+            **private,
+        )
         layout_inputs = [widgets[name] for name in ("data_root", *LAYOUT_FIELDS)]
         gr.on(
             [widgets["data_root"].change, widgets["dataset_layout"].change],
@@ -311,21 +318,31 @@ class TrainTab:
             api_visibility="private",
         ).then(None, js=SCROLL_TO_REFUSED)
 
-    @staticmethod
-    def layout_fields(data_root: str, layout: str, caption_column: str, video_column: str):
+    def image_settings(self, model: str) -> list:
+        """The image-to-video settings, shown for an image-to-video base only (and the learned
+        positions' switch only for a base that has them)."""
+        kind = model_kind(model)
+        shown = {
+            name: kind.image_to_video
+            and (name != "ignore_learned_positional_embeddings" or kind.learned_positions)
+            for name in self.form.image_fields
+        }
+        return [gr.update(visible=shown[name]) for name in self.form.image_fields]
+
+    def layout_fields(self, data_root: str, layout: str, caption_column: str, video_column: str):
         """The caption and video column fields, shown only where they apply: a dataset in the
         reference layout (its two list files) or a metadata file; not one of clips beside
         their .txt captions."""
         from core.data.discover import discover
 
-        root = Path(data_root or "").expanduser()
         applies = True
-        if data_root and root.is_dir():
-            try:
+        try:  # only a folder the page may read (the workspace, a --data-dir) is looked into
+            root = self.studio.confinement.path(data_root, "Data root") if data_root else None
+            if root is not None and root.is_dir():
                 found = discover(root, layout or "auto", caption_column, video_column)
                 applies = not (found.layout == "pairs" and found.samples)
-            except (UserError, OSError, ValueError):
-                applies = True  # unreadable here: the report says why; keep the fields at hand
+        except (UserError, OSError, ValueError):
+            applies = True  # not readable here: Start says why; keep the fields at hand
         return gr.update(visible=applies), gr.update(visible=applies)
 
     def marks(self, previous: str | None, refusal: Refusal | None) -> dict:

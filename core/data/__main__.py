@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument(
         "--model",
         default=None,
-        help="base model (folder or Hub id) whose tokenizer counts caption tokens",
+        help="base model (folder or Hub id): its tokenizer counts caption tokens; an "
+        "image-to-video base reports images alone as skipped",
     )
     report.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_split(commands)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = make_config(settings)
         tokenizer = _tokenizer(args.model) if args.model else None
-        result = build_report(config, tokenizer)
+        result = build_report(config, tokenizer, image_to_video=_image_to_video(args.model))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -162,6 +163,14 @@ def _split_doc() -> str:
     from core.data import split
 
     return split.__doc__.split("\n\n", 1)[1]
+
+
+def _image_to_video(model: str | None) -> bool:
+    """Whether --model is an image-to-video base (its configs, or a Hub id's name)."""
+    from core.models.registry import spec_module, variant_at_hand
+
+    family, variant, _ = variant_at_hand(model)
+    return family is not None and variant in spec_module(family).IMAGE_TO_VIDEO
 
 
 def _tokenizer(model: str):

@@ -30,6 +30,8 @@ class Sample:
     info: MediaInfo
     digest: str
     source: str
+    image: Path | None = None  # image-to-video: the image it starts from (None: its frame 0)
+    image_digest: str | None = None
 
 
 @dataclass
@@ -64,9 +66,17 @@ def image_buckets(buckets: list[Bucket]) -> list[Bucket]:
 
 
 def assign(
-    raw: list[RawSample], buckets: list[Bucket], id_token: str | None, memo: DigestMemo
+    raw: list[RawSample],
+    buckets: list[Bucket],
+    id_token: str | None,
+    memo: DigestMemo,
+    image_to_video: bool = False,
 ) -> tuple[list[Sample], list[Skipped]]:
-    """Probe each file and give it a bucket; unusable files are skipped with a reason."""
+    """Probe each file and give it a bucket; unusable files are skipped with a reason.
+
+    For an image-to-video model, images alone are no samples (a still shows no motion to
+    learn), and a clip whose named image can't be read is skipped with that reason.
+    """
     samples: list[Sample] = []
     skipped: list[Skipped] = []
     seen: dict[str, Path] = {}
@@ -76,11 +86,22 @@ def assign(
         if not caption:
             skipped.append(Skipped(item.path, "empty caption"))
             continue
+        if image_to_video and is_image(item.path):
+            skipped.append(Skipped(item.path, "an image alone: image-to-video trains on clips"))
+            continue
         try:
             info = probe(item.path)
         except UnreadableMedia as error:
             skipped.append(Skipped(item.path, f"unreadable: {error}"))
             continue
+        image_digest = None
+        if item.image is not None:
+            try:
+                probe(item.image)
+            except UnreadableMedia as error:
+                skipped.append(Skipped(item.path, f"its image {item.image.name}: {error}"))
+                continue
+            image_digest = memo.digest(item.image)
         digest = memo.digest(item.path)
         if digest in seen:
             skipped.append(Skipped(item.path, f"duplicate content of {seen[digest].name}"))
@@ -105,6 +126,8 @@ def assign(
                 info=info,
                 digest=digest,
                 source=item.source,
+                image=item.image,
+                image_digest=image_digest,
             )
         )
     return samples, skipped
@@ -124,17 +147,26 @@ def dataset_root(data_root: str, cache_dir: Path) -> Path:
     return root
 
 
-def prepare_samples(config, require_samples: bool = True) -> PreparedSamples:
+def prepare_samples(
+    config, require_samples: bool = True, image_to_video: bool = False
+) -> PreparedSamples:
     """The samples a run of `config` (a TrainConfig) trains on, and what it skips and why.
 
     With `require_samples`, a dataset with nothing usable is a UserError naming the first
-    reason; the report passes False to describe such a folder instead.
+    reason; the report passes False to describe such a folder instead. `image_to_video`: the
+    base model starts each clip from an image (see `assign`).
     """
     cache_dir = config.cache_path
     root = dataset_root(config.data_root, cache_dir)
-    found = discover(root, config.dataset_layout, config.caption_column, config.video_column)
+    found = discover(
+        root,
+        config.dataset_layout,
+        config.caption_column,
+        config.video_column,
+        config.image_column,
+    )
     memo = DigestMemo(cache_dir)
-    samples, skipped = assign(found.samples, config.buckets, config.id_token, memo)
+    samples, skipped = assign(found.samples, config.buckets, config.id_token, memo, image_to_video)
     with contextlib.suppress(OSError):  # an unwritable cache only costs re-hashing next time
         memo.save()
     prepared = PreparedSamples(
@@ -164,17 +196,59 @@ def load_clip(sample: Sample):
     return to_training_tensor(frames, height, width)
 
 
-class ClipDataset:
-    """Map-style dataset (torch DataLoader compatible) of decoded clips."""
+def load_condition_image(path: str | Path, height: int, width: int):
+    """An image file (or a clip's first frame) as a float tensor [3, H, W] in [-1, 1], resized
+    to cover HxW and center-cropped exactly as training frames are."""
+    from core.data.buckets import to_training_tensor
 
-    def __init__(self, samples: list[Sample]):
+    try:
+        frame = read_frames(path, [0])
+    except UnreadableMedia as error:
+        raise UserError(f"the image {path} can't be read ({error})") from None
+    return to_training_tensor(frame, height, width)[0]
+
+
+def to_pil(image):
+    """A [3, H, W] tensor in [-1, 1] as an RGB PIL image (what an I2V pipeline is given)."""
+    import torch
+    from PIL import Image
+
+    pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
+
+
+def sample_image(sample: Sample, height: int | None = None, width: int | None = None):
+    """The image an image-to-video sample starts from, [3, H, W] (default: its bucket's size)."""
+    _, bucket_height, bucket_width = sample.bucket
+    return load_condition_image(
+        sample.image or sample.path, height or bucket_height, width or bucket_width
+    )
+
+
+def describe_image(sample: Sample, root: Path) -> str:
+    """Which image a clip starts from, for reports: its file, or "first frame"."""
+    return relative_name(sample.image, root) if sample.image else "first frame"
+
+
+class ClipDataset:
+    """Map-style dataset (torch DataLoader compatible) of decoded clips (and, for an
+    image-to-video model, the image each starts from)."""
+
+    def __init__(self, samples: list[Sample], images: bool = False):
         self.samples = samples
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
-        return {"index": index, "video": load_clip(self.samples[index])}
+        sample = self.samples[index]
+        item = {"index": index, "video": load_clip(sample)}
+        if self.images:
+            # The first frame of the clip as trained (after the resize and crop), or the
+            # dataset's own image, made the same way.
+            item["image"] = sample_image(sample) if sample.image else item["video"][0]
+        return item
 
 
 def epoch_batches(

@@ -5,9 +5,12 @@ Layouts, tried in this order by `auto` (or named by `--dataset_layout`):
   (one path a line, relative to `--data_root`);
 - `metadata`: `metadata.csv` or `metadata.jsonl` with a file column and a caption column;
 - `pairs`: `name.mp4` (or any clip or image) beside `name.txt`, nested folders allowed.
-Images (jpg, png, webp) count as one-frame samples in every layout. Paths that resolve outside
-the dataset folder (`..`, absolute paths, links) are refused: dataset folders may come from
-uploads.
+Images (jpg, png, webp) count as one-frame samples in every layout. Image-to-video models start
+each clip from an image: the clip's own first frame, unless the dataset names one (an
+`--image_column` file, `images.txt`, beside `videos.txt`; an `image` column in the metadata; or,
+in pairs, `name.png` beside `name.mp4`, which is then that clip's image and no sample of its own).
+Paths that resolve outside the dataset folder (`..`, absolute paths, links) are refused: dataset
+folders may come from uploads.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.data.video import is_media
+from core.data.video import IMAGE_SUFFIXES, is_image, is_media
 from core.errors import UserError
 
 LAYOUTS = ("auto", "reference", "metadata", "pairs")
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")
 FILE_COLUMNS = ("file_name", "filename", "file", "video", "path", "image", "media")
 CAPTION_COLUMNS = ("caption", "text", "prompt", "description")
+IMAGE_COLUMNS = ("image", "image_file", "first_frame")
 _IGNORED_DIRS = {"__MACOSX", ".cache", ".git"}
 # Records the preparation commands keep beside the clips (core/data/split.py): not media, not
 # captions, and not worth a "skipped" line in the report.
@@ -37,6 +41,7 @@ class RawSample:
     path: Path
     caption: str
     source: str  # where the pairing came from, for reports: "videos.txt line 3"
+    image: Path | None = None  # the image an image-to-video model starts from (None: frame 0)
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ def discover(
     layout: str = "auto",
     caption_column: str = "prompt.txt",
     video_column: str = "videos.txt",
+    image_column: str = "images.txt",
 ) -> Discovery:
     """The dataset in `root` under the named layout (`auto` picks the first that applies)."""
     if layout == "auto":
@@ -68,10 +74,10 @@ def discover(
         else:
             layout = "pairs"
     if layout == "reference":
-        return _reference(root, caption_column, video_column)
+        return _reference(root, caption_column, video_column, image_column)
     if layout == "metadata":
-        return _metadata(root, caption_column, video_column)
-    return _pairs(root, reserved={caption_column, video_column})
+        return _metadata(root, caption_column, video_column, image_column)
+    return _pairs(root, reserved={caption_column, video_column, image_column})
 
 
 def _inside(root: Path, relative: str) -> Path | None:
@@ -100,7 +106,7 @@ def _read_lines(path: Path, flag: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _reference(root: Path, caption_column: str, video_column: str) -> Discovery:
+def _reference(root: Path, caption_column: str, video_column: str, image_column: str) -> Discovery:
     captions = _read_lines(
         _column_file(root, caption_column, "--caption_column"), "--caption_column"
     )
@@ -110,8 +116,20 @@ def _reference(root: Path, caption_column: str, video_column: str) -> Discovery:
             f"--caption_column: {caption_column} has {len(captions)} captions but {video_column} "
             f"lists {len(videos)} clips; they must match line for line"
         )
+    images: list[str | None] = [None] * len(videos)
+    if (root / image_column).is_file():  # optional: without it, every clip's first frame
+        images = list(
+            _read_lines(_column_file(root, image_column, "--image_column"), "--image_column")
+        )
+        if len(images) != len(videos):
+            counted = f"{len(images)} image{'s' if len(images) != 1 else ''}"
+            raise UserError(
+                f"--image_column: {image_column} lists {counted} but {video_column} "
+                f"lists {len(videos)} clips; they must match line for line"
+            )
     found = Discovery("reference", root)
-    for line, (caption, relative) in enumerate(zip(captions, videos, strict=True), start=1):
+    rows = zip(captions, videos, images, strict=True)
+    for line, (caption, relative, image) in enumerate(rows, start=1):
         path = _inside(root, relative)
         if path is None:
             found.skipped.append(
@@ -120,7 +138,13 @@ def _reference(root: Path, caption_column: str, video_column: str) -> Discovery:
                 )
             )
             continue
-        found.samples.append(RawSample(path, caption, f"{video_column} line {line}"))
+        image_path = _inside(root, image) if image else None
+        if image and image_path is None:
+            found.skipped.append(
+                Skipped(path, f"{image_column} line {line} points outside the dataset folder")
+            )
+            continue
+        found.samples.append(RawSample(path, caption, f"{video_column} line {line}", image_path))
     return found
 
 
@@ -155,7 +179,7 @@ def pick_column(
     )
 
 
-def _metadata(root: Path, caption_column: str, video_column: str) -> Discovery:
+def _metadata(root: Path, caption_column: str, video_column: str, image_column: str) -> Discovery:
     path = next((root / name for name in METADATA_FILES if (root / name).is_file()), None)
     if path is None:
         raise UserError(f"--dataset_layout metadata: {root} has no metadata.csv or metadata.jsonl")
@@ -166,6 +190,8 @@ def _metadata(root: Path, caption_column: str, video_column: str) -> Discovery:
     columns = list(rows[0].keys())
     file_column = pick_column(columns, video_column, FILE_COLUMNS, "file", path)
     text_column = pick_column(columns, caption_column, CAPTION_COLUMNS, "caption", path)
+    image_columns = [c for c in (image_column, *IMAGE_COLUMNS) if c in columns and c != file_column]
+    image_key = image_columns[0] if image_columns else None
     for number, row in enumerate(rows, start=1):
         relative = str(row.get(file_column) or "").strip()
         media = _inside(root, relative)
@@ -176,8 +202,15 @@ def _metadata(root: Path, caption_column: str, video_column: str) -> Discovery:
                 )
             )
             continue
+        image = str(row.get(image_key) or "").strip() if image_key else ""
+        image_path = _inside(root, image) if image else None
+        if image and image_path is None:
+            found.skipped.append(
+                Skipped(media, f"the image of {path.name} row {number} is outside the folder")
+            )
+            continue
         caption = str(row.get(text_column) or "")
-        found.samples.append(RawSample(media, caption, f"{path.name} row {number}"))
+        found.samples.append(RawSample(media, caption, f"{path.name} row {number}", image_path))
     return found
 
 
@@ -222,6 +255,8 @@ def _pairs(root: Path, reserved: set[str]) -> Discovery:
         if not is_media(path):
             found.skipped.append(Skipped(path, f"unsupported type ({suffix or 'no extension'})"))
             continue
+        if is_image(path) and _clip_beside(path) is not None:
+            continue  # the clip's image, not a sample of its own
         caption_file = path.with_suffix(".txt")
         if not caption_file.is_file():
             found.skipped.append(
@@ -233,8 +268,27 @@ def _pairs(root: Path, reserved: set[str]) -> Discovery:
         except UnicodeDecodeError:
             found.skipped.append(Skipped(path, f"{caption_file.name} is not UTF-8 text"))
             continue
-        found.samples.append(RawSample(path.resolve(), caption, str(relative)))
+        image = None if is_image(path) else _image_beside(path, resolved_root)
+        found.samples.append(RawSample(path.resolve(), caption, str(relative), image))
     return found
+
+
+def _image_beside(clip: Path, root: Path) -> Path | None:
+    """name.png (or .jpg, .jpeg, .webp) beside name.mp4: the clip's image, if there is one
+    (a link that leads outside the dataset folder is not)."""
+    for sibling in sorted(clip.parent.glob(f"{_glob_escape(clip.stem)}.*")):
+        if sibling.suffix.lower() in IMAGE_SUFFIXES and sibling.is_file():
+            resolved = sibling.resolve()
+            return resolved if resolved.is_relative_to(root) else None
+    return None
+
+
+def _clip_beside(image: Path) -> Path | None:
+    """name.mp4 (any clip) beside name.png: the clip this image belongs to, if there is one."""
+    for sibling in sorted(image.parent.glob(f"{_glob_escape(image.stem)}.*")):
+        if is_media(sibling) and not is_image(sibling) and sibling.is_file():
+            return sibling
+    return None
 
 
 def _glob_escape(text: str) -> str:

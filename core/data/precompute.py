@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from core.data.cache import PrecomputeCache, cache_key, component_identity
-from core.data.dataset import Sample, load_clip
+from core.data.dataset import Sample, load_clip, sample_image
 from core.memory import free_accelerator_memory
 from core.models.common import DTYPES
 
@@ -128,24 +128,32 @@ def precompute_media(
     progress: Progress,
     check_stop: Callable[[], None],
 ) -> list[dict[str, torch.Tensor]]:
-    """The named conditions each sample's media give (the clip's latent distribution, ...),
-    from the cache or encoded and cached."""
+    """The named conditions each sample's media give (the clip's latent distribution, and for
+    an image-to-video model its image's), from the cache or encoded and cached.
+
+    What an entry draws at random (the image's noise augmentation) is drawn once, from a
+    generator seeded by the entry's key: the same entry whichever run encodes it.
+    """
     identity = encoders.latent_identity()
     encoded = []
     progress("encoding clips", 0, len(samples))
     for index, sample in enumerate(samples):
         check_stop()
+        image_to_video = encoders.family.image_to_video
         key = cache_key(
             "latents",
             content=sample.digest,
             bucket=list(sample.bucket),
             frames=list(sample.indices),
+            **({"image": sample.image_digest or "first frame"} if image_to_video else {}),
             **identity,
         )
         entry = cache.load(key)
         if entry is None:
             video = load_clip(sample).unsqueeze(0)
-            conditions = encoders.family.encode_media(encoders.vae, video)
+            image = sample_image(sample).unsqueeze(0) if sample.image else None
+            generator = torch.Generator().manual_seed(int(key[:15], 16))
+            conditions = encoders.family.encode_media(encoders.vae, video, image, [generator])
             entry = {name: tensor[0].cpu() for name, tensor in conditions.items()}
             cache.save(key, entry)
         encoded.append(entry)

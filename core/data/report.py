@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from core.data.caption_origin import MODEL, CaptionRecord
-from core.data.dataset import PreparedSamples, prepare_samples, relative_name
+from core.data.dataset import PreparedSamples, describe_image, prepare_samples, relative_name
 from core.data.video import is_image
 
 MAX_TEXT_TOKENS = 226
@@ -40,6 +40,7 @@ class SampleRow:
     duration: float
     caption_tokens: int | None = None
     caption_by: str | None = None  # "model", "edited" (a person changed the model's) or "person"
+    image: str = ""  # a clip's image for image-to-video models: its file, or "first frame"
 
 
 @dataclass
@@ -67,9 +68,12 @@ class DatasetReport:
         return asdict(self)
 
 
-def build_report(config, tokenizer=None) -> DatasetReport:
-    """The report for a TrainConfig's dataset settings (a tokenizer adds caption lengths)."""
-    prepared: PreparedSamples = prepare_samples(config, require_samples=False)
+def build_report(config, tokenizer=None, image_to_video: bool = False) -> DatasetReport:
+    """The report for a TrainConfig's dataset settings (a tokenizer adds caption lengths); for
+    an image-to-video model, images alone are reported skipped, as its run skips them."""
+    prepared: PreparedSamples = prepare_samples(
+        config, require_samples=False, image_to_video=image_to_video
+    )
     root = prepared.root
     origins = CaptionRecord(root)
     rows, long_captions = [], []
@@ -90,6 +94,7 @@ def build_report(config, tokenizer=None) -> DatasetReport:
                 resolution=f"{sample.info.width}x{sample.info.height}",
                 duration=round(sample.info.duration, 3),
                 caption_tokens=tokens,
+                image="" if is_image(sample.path) else describe_image(sample, root),
                 caption_by=origins.origin(name, sample.caption),
             )
         )
@@ -128,6 +133,13 @@ def format_report(report: DatasetReport) -> str:
     if report.resolutions:
         shown = ", ".join(f"{res} x{n}" for res, n in list(report.resolutions.items())[:6])
         lines.append(f"  resolutions: {shown}")
+    named = [row for row in report.samples if row.image and row.image != "first frame"]
+    if report.videos:
+        lines.append(
+            f"  image-to-video starts {len(named)} clips from their own image and "
+            f"{report.videos - len(named)} from their first frame"
+        )
+        lines += [f"    {row.file}: {row.image}" for row in named[:20]]
     by_model = sum(row.caption_by == MODEL for row in report.samples)
     if by_model:
         lines.append(

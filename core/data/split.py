@@ -108,19 +108,17 @@ def family_options(family: str) -> tuple[int, int, float]:
     if family in FAMILIES:
         native = FAMILIES[family]
         return native["frame_step"], native["frames"], native["fps"]
-    from core.models.source import ModelSource, check_source, read_component_config
+    from core.models.registry import identify
+    from core.models.source import ModelSource, check_source
 
     source = ModelSource(family)
     try:
         check_source(source)
+        rules = identify(source).rules  # the model family layer's rules, from its configs
     except UserError as error:
         raise UserError(f"--family: {str(error).split(': ', 1)[-1]}") from None
-    transformer = read_component_config(source, "transformer")
-    vae = read_component_config(source, "vae")
-    temporal_patch = int(transformer.get("patch_size_t") or 1)
-    step = int(vae.get("temporal_compression_ratio", 4)) * temporal_patch
-    native = FAMILIES["1.5" if temporal_patch > 1 else "5b"]
-    return step, native["frames"], native["fps"]
+    native = FAMILIES["1.5" if rules.patch_size_t else "5b"]
+    return rules.frame_step, native["frames"], native["fps"]
 
 
 # ---- names ------------------------------------------------------------------------------------

@@ -7,25 +7,34 @@ Shapes: the VAE works on videos as [B, C, F, H, W]; the transformer on latents a
 Named conditions of a batch (what `encode_media` returns and the loss reads):
 - `prompt_embeds` [B, 226, D]: T5 embeddings of the captions;
 - `video_latent_dist` [B, 2C, f, h, w]: the VAE posterior (mean and log-variance) of the clips,
-  kept rather than one sample so every step draws a fresh latent, as the reference trainers do.
+  kept rather than one sample so every step draws a fresh latent, as the reference trainers do;
+- `image_latent_dist` [B, 2C, 1, h, w] (image-to-video): the posterior of each clip's image after
+  noise augmentation in pixel space (sigma = exp(N(-3, 0.5))), as the reference I2V trainers
+  condition: scaled as the I2V pipeline scales image latents, zero-padded over the other latent
+  frames, concatenated with the noisy video latents on channels, dropped (zeroed) with
+  --noised_image_dropout; the 1.5-I2V also gets `ofs` = 2.0.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from core.errors import UserError
+from core.models.cogvideox_loss import (
+    IMAGE_NOISE_LOG_SIGMA,
+    RotaryCache,
+    TrainingLoss,
+    draw_image_noise,
+)
 from core.models.common import (
     LORA_FILE,
     component_folder,
     load_component,
     lora_target_check,
-    per_sample_randint,
-    per_sample_randn,
 )
 from core.models.registry import ModelSpec
 from core.models.source import ModelSource
@@ -34,7 +43,7 @@ MAX_TEXT_TOKENS = 226  # the transformer's max_text_seq_length; the pipeline mus
 
 
 class CogVideoX:
-    """CogVideoX text-to-video (2b, 5b, 1.5) behind the family interface."""
+    """CogVideoX text-to-video (2b, 5b, 1.5) and image-to-video (5b-I2V, 1.5-I2V)."""
 
     max_text_tokens = MAX_TEXT_TOKENS
 
@@ -42,6 +51,10 @@ class CogVideoX:
         self.spec = spec
         self.rules = spec.rules
         self.source: ModelSource = spec.source
+
+    @property
+    def image_to_video(self) -> bool:
+        return bool(self.rules.image_conditioned)
 
     # ---- loading ----------------------------------------------------------------------------
 
@@ -99,6 +112,20 @@ class CogVideoX:
         )
         return _from_config(lambda: CogVideoXTransformer3DModel.from_config(config), dtype)
 
+    def drop_learned_positions(self, transformer) -> bool:
+        """Run the transformer without its learned positional embeddings (5b-I2V: they fit one
+        shape only), as the legacy cogvideox-factory --ignore_learned_positional_embeddings did;
+        rotary positions remain. Returns whether there were any to drop."""
+        embed = transformer.patch_embed
+        if not getattr(embed, "use_learned_positional_embeddings", False):
+            return False
+        embed.use_learned_positional_embeddings = False
+        if hasattr(embed, "pos_embedding"):
+            del embed.pos_embedding
+        # A saved full finetune then builds without them when loaded.
+        transformer.register_to_config(use_learned_positional_embeddings=False)
+        return True
+
     def load_transformer_folder(self, folder: Path, dtype: torch.dtype):
         """A finetuned transformer saved by a full-finetune run."""
         from diffusers import CogVideoXTransformer3DModel
@@ -149,32 +176,56 @@ class CogVideoX:
         videos: torch.Tensor,
         images: torch.Tensor | None = None,
         generators: list[torch.Generator] | None = None,
+        image_noise: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The named conditions a batch of clips [B, F, 3, H, W] gives, except the prompts."""
-        return {"video_latent_dist": self.encode_videos(vae, videos)}
+        """The named conditions a batch of clips [B, F, 3, H, W] gives, except the prompts.
+
+        Image-to-video: `images` [B, 3, H, W] in [-1, 1] (default: each clip's first frame), with
+        noise drawn from `generators` (or the given (log sigma [B], noise [B, 3, H, W])).
+        """
+        conditions = {"video_latent_dist": self.encode_videos(vae, videos)}
+        if not self.image_to_video:
+            return conditions
+        images = (videos[:, 0] if images is None else images).float()
+        if image_noise is None:
+            image_noise = draw_image_noise(tuple(images.shape[1:]), generators)
+        log_sigma, noise = (t.to(images.device) for t in image_noise)
+        noisy = images + noise * torch.exp(log_sigma).view(-1, 1, 1, 1)
+        conditions["image_latent_dist"] = self.encode_videos(vae, noisy[:, None])
+        return conditions
 
     def media_cache_parts(self) -> dict[str, Any]:
         """What besides the clip, its frames and the VAE decides `encode_media`'s result."""
-        return {"conditions": ["video_latent_dist"]}
+        if not self.image_to_video:
+            return {"conditions": ["video_latent_dist"]}
+        return {
+            "conditions": ["video_latent_dist", "image_latent_dist"],
+            "image_noise": f"exp(N{IMAGE_NOISE_LOG_SIGMA}) x N(0, 1), drawn once per entry",
+        }
 
     # ---- the training loss ------------------------------------------------------------------
 
     def loss_function(
-        self, scheduler, transformer_config, device: torch.device, compute_dtype: torch.dtype
+        self,
+        scheduler,
+        transformer_config,
+        device: torch.device,
+        compute_dtype: torch.dtype,
+        noised_image_dropout: float = 0.0,
     ) -> TrainingLoss:
-        """The training loss of this checkpoint: call it with a transformer and named conditions."""
+        """The training loss of this checkpoint: call it with a transformer and named conditions
+        (image-to-video: each sample's image dropped with probability `noised_image_dropout`)."""
         alphas = scheduler.alphas_cumprod.to(device, torch.float32)
-        return TrainingLoss(
-            self.rules, alphas, RotaryCache(transformer_config, device), compute_dtype
-        )
+        rotary = RotaryCache(transformer_config, device)
+        return TrainingLoss(self.rules, alphas, rotary, compute_dtype, noised_image_dropout)
 
     # ---- sampling ---------------------------------------------------------------------------
 
     @property
     def pipeline_class(self):
-        from diffusers import CogVideoXPipeline
+        from diffusers import CogVideoXImageToVideoPipeline, CogVideoXPipeline
 
-        return CogVideoXPipeline
+        return CogVideoXImageToVideoPipeline if self.image_to_video else CogVideoXPipeline
 
     def make_pipeline(self, transformer, vae, scheduler, tokenizer=None, text_encoder=None):
         """A pipeline around already-loaded components (the text encoder may be absent)."""
@@ -205,9 +256,10 @@ class CogVideoX:
         guidance: float,
         generator: torch.Generator,
         on_step=None,
+        image=None,
     ):
-        """One preview video [F, H, W, 3] in [0, 1] from a whole pipeline (its own encoders);
-        `on_step` is called after each denoising step."""
+        """One preview video [F, H, W, 3] in [0, 1] from a whole pipeline (its own encoders),
+        image-to-video from `image` (a PIL image); `on_step` is called after each step."""
 
         def step_end(_pipeline, _step, _timestep, tensors):
             if on_step is not None:
@@ -217,15 +269,9 @@ class CogVideoX:
         return pipeline(
             prompt=prompt,
             negative_prompt=negative_prompt or None,
-            num_frames=frames,
-            height=height,
-            width=width,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=generator,
             output_type="np",
             callback_on_step_end=step_end,
-            max_sequence_length=MAX_TEXT_TOKENS,
+            **self._sampling(image, frames, height, width, steps, guidance, generator),
         ).frames[0]
 
     @torch.no_grad()
@@ -240,21 +286,18 @@ class CogVideoX:
         steps: int,
         guidance: float,
         generator: torch.Generator,
+        image=None,
     ):
-        """One video as a float array [F, H, W, 3] in [0, 1], from precomputed prompt embeddings."""
+        """One video as a float array [F, H, W, 3] in [0, 1], from precomputed prompt embeddings
+        (image-to-video: from `image`, a PIL image)."""
         dtype = pipeline.transformer.dtype
-        latents = pipeline(
-            prompt_embeds=prompt_embeds.to(dtype),
-            negative_prompt_embeds=negative_embeds.to(dtype),
-            num_frames=frames,
-            height=height,
-            width=width,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=generator,
-            output_type="latent",
-            max_sequence_length=MAX_TEXT_TOKENS,
-        ).frames
+        with _encoder_casts_inputs(pipeline.vae):
+            latents = pipeline(
+                prompt_embeds=prompt_embeds.to(dtype),
+                negative_prompt_embeds=negative_embeds.to(dtype),
+                output_type="latent",
+                **self._sampling(image, frames, height, width, steps, guidance, generator),
+            ).frames
         # Decoded here rather than by the pipeline: the VAE may keep another dtype than the
         # transformer (fp32 training beside a bf16 VAE), and the pipeline doesn't cast between them.
         patch_t = pipeline.transformer.config.patch_size_t
@@ -263,6 +306,31 @@ class CogVideoX:
             latents = latents[:, patch_t - latent_frames % patch_t :]
         video = pipeline.decode_latents(latents.to(pipeline.vae.dtype))
         return pipeline.video_processor.postprocess_video(video=video, output_type="np")[0]
+
+    def _sampling(self, image, frames, height, width, steps, guidance, generator) -> dict:
+        """The pipeline's arguments for what to sample: the shape, the steps, the guidance and
+        the generator, and the image (required by image-to-video, refused by the others)."""
+        arguments = {
+            "num_frames": frames,
+            "height": height,
+            "width": width,
+            "num_inference_steps": steps,
+            "guidance_scale": guidance,
+            "generator": generator,
+            "max_sequence_length": MAX_TEXT_TOKENS,
+        }
+        if self.image_to_video:
+            if image is None:
+                raise UserError(
+                    f"{self.spec.title} makes videos from an image: give one to start from"
+                )
+            return {"image": image, **arguments}
+        if image is not None:
+            raise UserError(
+                f"{self.spec.title} makes videos from text alone: it takes no image (choose an "
+                "image-to-video base model to start from one)"
+            )
+        return arguments
 
     # ---- trainable weights ------------------------------------------------------------------
 
@@ -300,146 +368,20 @@ def _from_config(build, dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
-# ---------------------------------------------------------------------------------------------
-# Latents and the loss
+@contextlib.contextmanager
+def _encoder_casts_inputs(vae):
+    """While the I2V pipeline encodes its image: cast the image to the VAE's dtype.
 
-
-def sample_latents(parameters: torch.Tensor, rules, posterior_noise: torch.Tensor) -> torch.Tensor:
-    """Scaled latents [B, f, C, h, w] from stored distribution parameters and a standard normal
-    draw of the mean's shape (fp32), padded to whole temporal patches."""
-    mean, logvar = parameters.float().chunk(2, dim=1)
-    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-    latents = (mean + std * posterior_noise) * rules.scaling_factor
-    latents = latents.permute(0, 2, 1, 3, 4)
-    return pad_temporal_patch(latents, rules)
-
-
-def pad_temporal_patch(latents: torch.Tensor, rules) -> torch.Tensor:
-    """Repeat the first latent frame in front up to a whole number of temporal patches.
-
-    The pipeline does the same when it samples (and drops the leading frames when it decodes),
-    so training and inference see the same layout.
+    The pipeline hands the VAE the image in the prompt embeddings' dtype (the transformer's); a
+    VAE kept in another dtype (bf16 beside an fp32 transformer) would refuse it.
     """
-    if not rules.patch_size_t:
-        return latents
-    remainder = latents.shape[1] % rules.patch_size_t
-    if not remainder:
-        return latents
-    pad = latents[:, :1].repeat(1, rules.patch_size_t - remainder, 1, 1, 1)
-    return torch.cat([pad, latents], dim=1)
+    encode = vae.encode
 
+    def cast(x, *args, **kwargs):
+        return encode(x.to(vae.dtype), *args, **kwargs)
 
-@dataclass
-class Draws:
-    """Every random number one loss evaluation uses, drawn per sample (or given by a test)."""
-
-    posterior_noise: torch.Tensor  # [B, C, f, h, w]: the video latents' draw from the posterior
-    timesteps: torch.Tensor  # [B]
-    noise: torch.Tensor  # [B, f', C, h, w]: diffusion noise on the padded latents
-
-
-class TrainingLoss:
-    """The v-prediction denoising loss of one checkpoint, from named conditions.
-
-    The diffusers example's weighted x0-space loss, 1/(1-a) * |x0_pred - x0|^2, equals this plain
-    MSE on the velocity; it is computed in fp32 because the scheduler's alphas lose precision in
-    bf16.
-    """
-
-    def __init__(self, rules, alphas_cumprod: torch.Tensor, rotary, compute_dtype: torch.dtype):
-        self.rules = rules
-        self.alphas_cumprod = alphas_cumprod
-        self.rotary = rotary
-        self.compute_dtype = compute_dtype
-
-    def draw(self, conditions: dict[str, torch.Tensor], generators: list) -> Draws:
-        """The draws of each sample, from its own generator, in a fixed order."""
-        parameters = conditions["video_latent_dist"]
-        device = parameters.device
-        channels2, frames, height, width = parameters.shape[1:]
-        posterior = per_sample_randn((channels2 // 2, frames, height, width), generators, device)
-        timesteps = per_sample_randint(self.alphas_cumprod.shape[0], generators, device)
-        padded = frames + (-frames) % (self.rules.patch_size_t or 1)  # whole temporal patches
-        noise = per_sample_randn((padded, channels2 // 2, height, width), generators, device)
-        return Draws(posterior_noise=posterior, timesteps=timesteps, noise=noise)
-
-    def __call__(
-        self,
-        transformer,
-        conditions: dict[str, torch.Tensor],
-        generators: list | None = None,
-        draws: Draws | None = None,
-    ) -> torch.Tensor:
-        draws = draws if draws is not None else self.draw(conditions, generators)
-        latents = sample_latents(conditions["video_latent_dist"], self.rules, draws.posterior_noise)
-        batch = latents.shape[0]
-        alpha = self.alphas_cumprod[draws.timesteps].view(batch, 1, 1, 1, 1)
-        clean = latents.float()
-        noisy = alpha.sqrt() * clean + (1 - alpha).sqrt() * draws.noise
-        target = alpha.sqrt() * draws.noise - (1 - alpha).sqrt() * clean
-        prediction = transformer(
-            hidden_states=noisy.to(self.compute_dtype),
-            encoder_hidden_states=conditions["prompt_embeds"].to(self.compute_dtype),
-            timestep=draws.timesteps,
-            image_rotary_emb=self.rotary(latents),
-            return_dict=False,
-        )[0]
-        return F.mse_loss(prediction.float(), target)
-
-
-# ---------------------------------------------------------------------------------------------
-# Positions
-
-
-def rotary_embeddings(
-    transformer_config,
-    latent_frames: int,
-    latent_height: int,
-    latent_width: int,
-    device: torch.device,
-):
-    """The 3D rotary embeddings the pipeline uses for this latent shape (None without rotary)."""
-    if not transformer_config.use_rotary_positional_embeddings:
-        return None
-    from diffusers.models.embeddings import get_3d_rotary_pos_embed
-    from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
-
-    patch = transformer_config.patch_size
-    patch_t = transformer_config.patch_size_t
-    grid_height, grid_width = latent_height // patch, latent_width // patch
-    base_width = transformer_config.sample_width // patch
-    base_height = transformer_config.sample_height // patch
-    if patch_t is None:
-        crops = get_resize_crop_region_for_grid((grid_height, grid_width), base_width, base_height)
-        return get_3d_rotary_pos_embed(
-            embed_dim=transformer_config.attention_head_dim,
-            crops_coords=crops,
-            grid_size=(grid_height, grid_width),
-            temporal_size=latent_frames,
-            device=device,
-        )
-    return get_3d_rotary_pos_embed(
-        embed_dim=transformer_config.attention_head_dim,
-        crops_coords=None,
-        grid_size=(grid_height, grid_width),
-        temporal_size=(latent_frames + patch_t - 1) // patch_t,
-        grid_type="slice",
-        max_size=(base_height, base_width),
-        device=device,
-    )
-
-
-class RotaryCache:
-    """Rotary embeddings per latent shape: computed once per bucket, not once per step."""
-
-    def __init__(self, transformer_config, device: torch.device):
-        self.config = transformer_config
-        self.device = device
-        self._cache: dict[tuple[int, int, int], Any] = {}
-
-    def __call__(self, latents: torch.Tensor):
-        frames, _, height, width = latents.shape[1:]
-        key = (frames, height, width)
-        if key not in self._cache:
-            self._cache[key] = rotary_embeddings(self.config, frames, height, width, self.device)
-        return self._cache[key]
+    vae.encode = cast
+    try:
+        yield
+    finally:
+        del vae.encode  # the class's method again

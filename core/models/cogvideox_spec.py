@@ -154,6 +154,14 @@ def size_class(variant: str) -> str:
     return variant.removesuffix("-i2v")
 
 
+def has_learned_positions(variant: str, transformer: dict[str, Any] | None) -> bool:
+    """Whether learned positional embeddings tie the model to one shape: its config says so,
+    or, without a config at hand, its variant is the 5b-I2V (the one released that way)."""
+    if transformer is not None:
+        return bool(transformer.get("use_learned_positional_embeddings"))
+    return variant == "5b-i2v"
+
+
 def pipeline_class_name(variant: str | None) -> str:
     return I2V_PIPELINE if variant in IMAGE_TO_VIDEO else T2V_PIPELINE
 

@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from core.errors import UserError
-from core.models.source import ModelSource, read_component_config
+from core.models.source import ModelSource, is_hub_id, read_component_config
 
 FLAG = "--pretrained_model_name_or_path"
 
@@ -104,6 +104,8 @@ def cached_configs(name: str) -> tuple[dict, dict] | None:
     Hub id's from the Hugging Face cache (None when the transformer's is not there; the VAE's
     may be missing, its settings then take their defaults)."""
     source = ModelSource(name)
+    if not source.is_local and not is_hub_id(name):
+        return None  # a path that is not there (yet): nothing to read, and no Hub id to look up
     found: list[dict] = []
     for component in ("transformer", "vae"):
         if source.is_local:
@@ -138,13 +140,48 @@ def variant_at_hand(name: str | None) -> tuple[str | None, str | None, dict | No
         except UserError:
             return None, None, None
         return family, spec_module(family).rules_from_configs(transformer, vae).variant, transformer
-    if ModelSource(name).is_local:
-        return None, None, None
+    if not is_hub_id(name):
+        return None, None, None  # a folder (here or not yet): its configs say, not its name
     for family in FAMILIES:
         variant = spec_module(family).guess_variant(name)
         if variant:
             return family, variant, None
     return None, None, None
+
+
+def rules_at_hand(name: str | None):
+    """A base model's shape rules from its configs, without the network (None when they are not
+    at hand: a Hub id not downloaded yet, or no model there)."""
+    configs = cached_configs(name) if name else None
+    if configs is None:
+        return None
+    transformer, vae = configs
+    try:
+        family = family_of_config(transformer)
+    except UserError:
+        return None
+    return spec_module(family).rules_from_configs(transformer, vae)
+
+
+def shape_problem(rules, config) -> str | None:
+    """The first training bucket, or the validation videos' size, that the checkpoint whose
+    `rules` these are can't take under a TrainConfig `config`: one sentence naming the flag."""
+    ignore = config.ignore_learned_positional_embeddings
+    for bucket in config.buckets:
+        problem = rules.shape_problem(*bucket, ignore_learned_positions=ignore)
+        if problem:
+            return f"--video_resolution_buckets: {problem}"
+    if config.validation_prompts:
+        frames, height, width = config.buckets[0]
+        size = (
+            config.validation_frames or frames,
+            config.validation_height or height,
+            config.validation_width or width,
+        )
+        problem = rules.shape_problem(*size, ignore_learned_positions=ignore)
+        if problem:
+            return f"--validation_frames/--validation_height/--validation_width: {problem}"
+    return None
 
 
 def open_family(spec: ModelSpec):

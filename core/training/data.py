@@ -33,6 +33,7 @@ class Batches:
         self.reporter = reporter
         self.samples: list[Sample] = []
         self.load_media = True  # False once every sample's media conditions are precomputed
+        self.images = False  # image-to-video: each sample's image comes with its clip
 
     def epoch(self, epoch: int) -> list[list[int]]:
         """This rank's micro-batches of one epoch (sample indices)."""
@@ -56,7 +57,7 @@ class Batches:
                     yield indices, None
             else:
                 loader = DataLoader(
-                    ClipDataset(self.samples),
+                    ClipDataset(self.samples, images=self.images),
                     batch_sampler=remaining,
                     num_workers=self.config.dataloader_num_workers,
                     pin_memory=self.config.pin_memory,

@@ -21,6 +21,14 @@ def load_transformer(family, config: TrainConfig, device: torch.device, weights:
     """
     dtype = DTYPES[config.transformer_dtype]
     transformer = family.load_transformer(dtype, weights=weights)
+    if config.ignore_learned_positional_embeddings and not family.drop_learned_positions(
+        transformer
+    ):
+        log.warning(
+            "%s has no learned positional embeddings: --ignore_learned_positional_embeddings "
+            "changes nothing",
+            family.spec.title,
+        )
     if config.training_type == "lora":
         family.lora_target_check(transformer, config.target_modules)
     if config.layerwise_upcasting_modules:  # LoRA only (TrainConfig refuses it otherwise)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 from core.config import TrainConfig
 from core.events import STAGE_AFTER_VALIDATION, STAGE_BEFORE_VALIDATION, ValidationEvent
@@ -28,6 +29,8 @@ class Validator:
         self.scheduler = None  # the training scheduler, whose config sampling starts from
         self.attention_backend = "auto"
         self.check_stop: Callable[[], None] = lambda: None
+        self.samples: list = []  # the training samples: the first one's image is the default
+        self._images: list | None = None  # image-to-video: one PIL image per prompt
 
     @property
     def enabled(self) -> bool:
@@ -44,12 +47,34 @@ class Validator:
         scheduler,
         attention_backend: str,
         check_stop: Callable[[], None],
+        samples: list,
     ) -> None:
         self.family = family
         self.conditions = conditions
         self.scheduler = scheduler
         self.attention_backend = attention_backend
         self.check_stop = check_stop
+        self.samples = samples
+
+    def images(self) -> list:
+        """Image-to-video: the image each prompt's videos start from, at the validation size
+        (--validation_images, else the first training sample's); None each for text-to-video."""
+        prompts = self.config.validation_prompts
+        if not self.family.image_to_video:
+            return [None] * len(prompts)
+        if self._images is None:
+            from core.data.dataset import load_condition_image, sample_image, to_pil
+
+            _, height, width = self.shape()
+            if self.config.validation_images:
+                tensors = [
+                    load_condition_image(Path(path).expanduser(), height, width)
+                    for path in self.config.validation_images
+                ]
+            else:
+                tensors = [sample_image(self.samples[0], height, width)] * len(prompts)
+            self._images = [to_pil(tensor) for tensor in tensors]
+        return self._images
 
     def shape(self) -> tuple[int, int, int]:
         """Frames, height and width of validation videos (default: the first bucket's)."""
@@ -98,6 +123,7 @@ class Validator:
             # than one video (a rank idling through all of them could outlast the NCCL timeout).
             work = work[backend.rank :: backend.world]
         negative = self.conditions.embed(config.validation_negative_prompt).to(backend.device)
+        images = self.images()
         try:
             for index, number in work:
                 prompt = config.validation_prompts[index]
@@ -115,12 +141,15 @@ class Validator:
                         config.validation_inference_steps,
                         config.validation_guidance_scale,
                         generator,
+                        image=images[index],
                     )
                 if not writes:
                     continue
                 name = f"{index:02d}-{slug(prompt)}-{number}.mp4"
                 write_video(folder / name, video, fps=config.validation_fps)
                 files.append(str((folder / name).relative_to(self.output_dir)))
+                if images[index] is not None:  # the image it started from, beside it
+                    save_image(images[index], (folder / name).with_suffix(".png"))
         finally:
             transformer.train()
             if self.conditions.precomputed:
@@ -132,6 +161,13 @@ class Validator:
         )
         self.reporter.stage(STAGE_AFTER_VALIDATION)
         self.reporter.log_videos([self.output_dir / f for f in files], step)
+
+
+def save_image(image, path: Path) -> None:
+    """A PNG written under a temporary name and renamed (never half-written)."""
+    temporary = path.with_name(f".{path.stem}.partial.png")
+    image.save(temporary)
+    temporary.replace(path)
 
 
 def slug(text: str, limit: int = 40) -> str:

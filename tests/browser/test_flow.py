@@ -175,13 +175,13 @@ def test_the_first_hour_from_make_run_to_a_pushed_lora(workspace, tmp_path, page
         app.kill()
         app.start()
         page.goto(app.url)
+        after_restart = wait_until(lambda: run_step(page), what="the run view after a restart")
         page.get_by_role("tab", name="1 · Dataset").click()
         page.locator("#dataset-summary").get_by_text("4 samples will be trained on").wait_for()
         page.get_by_role("tab", name="2 · Train").click()
         assert page.locator("#preset input").input_value() == "CPU demo (tiny model)"
         assert field(page, "train_steps").input_value() == str(STEPS)
         page.get_by_role("tab", name="3 · Runs").click()
-        after_restart = wait_until(lambda: run_step(page), what="the run after a restart")
         wait_until(
             lambda: "succeeded" in header.inner_text(), timeout=240, what="the run to succeed"
         )
