@@ -86,12 +86,18 @@ def family_of(train: dict) -> str:
     return PRESET_FAMILIES[name]
 
 
+# The image-to-video bases are not modelled yet (their image latents and the image encoding of
+# validation): their presets keep the estimates written in them, which say they are estimates.
+NOT_MODELLED = ("THUDM/CogVideoX-5b-I2V", "THUDM/CogVideoX1.5-5B-I2V")
+
+
 def gpu_presets() -> dict[str, dict]:
-    """Preset file name -> its JSON, for the presets that train a real model on a GPU."""
+    """Preset file name -> its JSON, for the presets that train a real, modelled model on a GPU."""
     presets = {}
     for path in sorted(PRESETS.glob("*.json")):
         data = json.loads(path.read_text())
-        if not data.get("tiny_model"):
+        base = data["train"].get("pretrained_model_name_or_path")
+        if not data.get("tiny_model") and base not in NOT_MODELLED:
             presets[path.name] = data
     return presets
 
