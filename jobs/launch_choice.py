@@ -1,17 +1,20 @@
 """Which accelerate config to launch with, and how much GPU memory the run needs under it.
 
-Torch-free (the web process imports it). The figures live in one table, `MEMORY`: each entry says
-whether it was measured (the reference guide's table) or estimated from parameter counts, so a
-benchmark on real GPUs can replace an estimate by writing its measurement into the same table.
+Torch-free (the web process imports it). The figures live in one table, `MEMORY`, made from
+`assets/memory/predicted.json` (bench/memory_model.py --write-figures): one GPU's figure is
+predicted, the sharded backends' are estimated from the predicted parts; each entry says which,
+and a measurement on a GPU can replace a figure in the same table.
 
 Figures are per GPU, in GB of 1024**3 bytes (what torch and NVML report), for batch 1 with
-gradient checkpointing and precomputed conditions at each family's usual size: 49x480x720 for
-CogVideoX-2b and -5b, 81x768x1360 for CogVideoX1.5-5B.
+gradient checkpointing and precomputed conditions at each family's usual size (49x480x720 for
+CogVideoX-2b and -5b, 81x768x1360 for CogVideoX1.5-5B), under the recommended options, with
+the CUDA context included.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +52,7 @@ class Need:
     sharded_gb: float = 0.0
     validation_gb: float = 0.0
     cpu_ram_gb: float = 0.0
-    basis: Literal["measured", "estimate"] = "estimate"
+    basis: Literal["measured", "predicted", "estimate"] = "estimate"
     how: str = ""
 
     def training_gb(self, processes: int) -> float:
@@ -58,82 +61,91 @@ class Need:
     def peak_gb(self, processes: int) -> float:
         return self.training_gb(processes) + self.validation_gb
 
+    def source(self) -> str:
+        """Where the figure comes from, as the page says it."""
+        if self.basis == "measured":
+            return f"measured: {self.how}"
+        if self.basis == "predicted":
+            return f"predicted by bench/memory_model.py: {self.how}"
+        return f"an estimate from the predicted parts: {self.how}"
 
-# ---- what the estimates are made of ----------------------------------------------------------
 
-# Transformer parameters (the only model on the GPU while training with precomputed conditions).
-PARAMS = {"2b": 1.7e9, "5b": 5.6e9, "1.5": 5.6e9}
-# Working memory (activations, allocator slack) relative to CogVideoX-5b at 49x480x720: the 2b is
-# 30 layers x 1920 wide against 42 x 3072 (0.45); the 1.5 at 81x768x1360 has 2.5x the tokens.
-WORKING_SCALE = {"2b": 30 * 1920 / (42 * 3072), "5b": 1.0, "1.5": (11 * 4080 + 226) / 17_776}
-# From the reference's measurements of the 5b (one GPU, 49x480x720, batch 1): reserved while
-# training minus what the weights and optimizer had allocated before training.
-LORA_ALLOCATED_GB = 10.622  # bf16 weights and a rank-128 LoRA with its states, before training
-LORA_WORKING_GB = 20.701 - LORA_ALLOCATED_GB
-FULL_WORKING_GB = 52.939 - 31.160  # full finetune, 8-bit AdamW
-LORA_VALIDATION_GB = 28.324 - 20.701  # sampling the validation videos, on top of training
+# ---- what the figures are made of ------------------------------------------------------------
 
-WEIGHTS = GRADIENTS = 2  # bytes a parameter, bf16
-OPTIMIZER_8BIT = 2  # the trainer's 8-bit AdamW: two 1-byte states a parameter
-# Sharded backends run a plain AdamW with fp32 states (8 bytes) and an fp32 master copy of the
-# weights (4 bytes): the 12 bytes a parameter the offload config puts in CPU RAM.
+# bench/memory_model.py --write-figures predicts, for each family and training type under the
+# recommended options (one GPU), the reserved memory while training and through validation and
+# what it is made of: the weights, the trainable parameters (their gradients take as much) and
+# the optimizer's states. Other backends shard those parts.
+PREDICTED = Path(__file__).resolve().parents[1] / "assets" / "memory" / "predicted.json"
+# Sharded backends run DeepSpeed's or torch's AdamW with fp32 states (8 bytes a parameter) and
+# an fp32 master copy of the weights (4 bytes): the 12 bytes a parameter the offload config
+# puts in CPU RAM.
 OPTIMIZER_SHARDED = 12
 
 
-def _estimate(family: Family, training_type: TrainingType, backend: str) -> Need:
-    """A figure from parameter counts and the working memory the reference measured."""
-    gb = PARAMS[family] / GB  # GB a byte-per-parameter takes
-    scale = WORKING_SCALE[family]
-    if training_type == "lora":  # LoRA weights, gradients and states are a few hundred MB
-        weights = LORA_ALLOCATED_GB * PARAMS[family] / PARAMS["5b"]
-        working = LORA_WORKING_GB * scale
-        validation = LORA_VALIDATION_GB * scale
-        if backend in ("deepspeed_zero3", "fsdp"):
-            return Need(working, weights, validation, how="frozen bf16 weights sharded")
-        return Need(weights + working, 0.0, validation, how="bf16 weights on every GPU")
-    working = FULL_WORKING_GB * scale
+def _predicted_parts() -> dict[tuple[str, str], dict]:
+    data = json.loads(PREDICTED.read_text(encoding="utf-8"))
+    context = data["cuda_context_gb"]
+    parts = {}
+    for key, entry in data["launch"].items():
+        family, training_type = key.split("/")
+        parts[(family, training_type)] = {**entry, "cuda_context_gb": context}
+    return parts
+
+
+def _figure(parts: dict, training_type: TrainingType, backend: str) -> Need:
+    """One backend's need from the predicted single-GPU parts (GB)."""
+    training = parts["training_reserved_gb"] + parts["cuda_context_gb"]
+    validation = max(0.0, parts["validation_reserved_gb"] - parts["training_reserved_gb"])
+    weights, trainable, states = parts["weights_gb"], parts["trainable_gb"], parts["optimizer_gb"]
+    sharded_states = OPTIMIZER_SHARDED * parts["parameters"] / GB
+    options = parts["options"].replace("+", ", ")
     if backend == "single_gpu":
-        per = (WEIGHTS + GRADIENTS + OPTIMIZER_8BIT) * gb
-        return Need(per + working, how="bf16 weights and gradients, 8-bit AdamW")
+        return Need(training, 0.0, validation, basis="predicted", how=f"one GPU, {options}")
+    if training_type == "lora":
+        if backend in ("deepspeed_zero3", "fsdp"):
+            frozen = weights - trainable
+            return Need(training - frozen, frozen, validation, how="frozen weights sharded")
+        return Need(training + trainable, 0.0, validation, how="plus a copy of the gradients")
     if backend == "ddp":  # DDP's gradient buckets are a second copy of the gradients
-        per = (WEIGHTS + 2 * GRADIENTS + OPTIMIZER_8BIT) * gb
-        return Need(per + working, how="a full copy per GPU plus DDP's gradient buckets")
+        return Need(training + trainable, 0.0, validation, how="plus DDP's gradient buckets")
+    unsharded = training - trainable - states  # weights, activations and allocator slack
     if backend == "deepspeed_zero2":
-        sharded = (GRADIENTS + OPTIMIZER_SHARDED) * gb
-        return Need(WEIGHTS * gb + working, sharded, how="gradients and Adam states sharded")
+        return Need(
+            unsharded, trainable + sharded_states, validation, how="gradients and states sharded"
+        )
     if backend == "deepspeed_zero2_offload":
         return Need(
-            WEIGHTS * gb + working,
-            GRADIENTS * gb,
-            cpu_ram_gb=OPTIMIZER_SHARDED * gb,
+            unsharded,
+            trainable,
+            validation,
+            cpu_ram_gb=sharded_states,
             how="Adam states in CPU RAM, gradients sharded",
         )
-    sharded = (WEIGHTS + GRADIENTS + OPTIMIZER_SHARDED) * gb  # ZeRO-3 and FSDP shard everything
-    return Need(working, sharded, how="weights, gradients and Adam states sharded")
+    return Need(  # ZeRO-3 and FSDP shard the weights too
+        unsharded - weights,
+        weights + trainable + sharded_states,
+        validation,
+        how="weights, gradients and states sharded",
+    )
 
 
 # ---- the table ---------------------------------------------------------------------------------
 
-MEMORY: dict[tuple[Family, TrainingType, str], Need] = {
-    **{
-        (family, training_type, backend): _estimate(family, training_type, backend)
+
+def _memory_table() -> dict[tuple[Family, TrainingType, str], Need]:
+    parts = _predicted_parts()
+    return {
+        (family, training_type, backend): _figure(
+            parts[(family, training_type)], training_type, backend
+        )
         for family in FAMILIES
         for training_type in TRAINING_TYPES
         for backend in BACKENDS
-    },
-    # Measured: the reference guide's table (bf16, batch 1, gradient checkpointing, 8-bit AdamW,
-    # precomputed conditions, 49x480x720, one GPU, max_memory_reserved). A GPU benchmark adds its
-    # measurements here, over the estimates above.
-    ("5b", "lora", "single_gpu"): Need(
-        20.701,
-        validation_gb=28.324 - 20.701,
-        basis="measured",
-        how="the reference guide's table, LoRA rank 128",
-    ),
-    ("5b", "full-finetune", "single_gpu"): Need(
-        52.939, basis="measured", how="the reference guide's table, full finetune"
-    ),
-}
+    }
+
+
+MEMORY: dict[tuple[Family, TrainingType, str], Need] = _memory_table()
 
 
 def need(family: Family, training_type: TrainingType, backend: str) -> Need:

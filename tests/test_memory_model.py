@@ -139,9 +139,6 @@ def test_the_model_prints_the_reference_stages_and_ends_with_the_recommended_pea
 # ---- the figures the app shows ---------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not memory_model.FIGURES.is_file(), reason="assets/memory/predicted.json not generated yet"
-)
 def test_each_gpu_preset_shows_the_figure_predicted_for_its_settings():
     """Presets name the memory the model predicted for their own settings; a preset changed
     since needs `python bench/memory_model.py --write-figures` again."""

@@ -429,11 +429,7 @@ class TrainTab:
         family = advice.family or "5b"
         mine, processes = needs[family], advice.processes
         peak = mine.peak_gb(processes)
-        basis = (
-            "measured in the reference guide"
-            if mine.basis == "measured"
-            else f"an estimate from parameter counts: {mine.how}"
-        )
+        basis = mine.source()
         during = f", {peak:.0f} GB while validating" if mine.validation_gb else ""
         unknown = "" if advice.family else " The model is not one we know: sized as the 5B."
         lines.append(
