@@ -38,8 +38,8 @@ def test_each_preset_becomes_the_trainer_config_it_names(form, preset):
     data = json.loads(preset.read_text())
     assert data["gpu_memory"] and data["description"]
     config = form.config(form.values_of(data["train"]))
-    for name, value in data["train"].items():
-        assert getattr(config, name) == make_config({name: value}).__getattribute__(name), name
+    # Validated as a whole (some settings need others: offloading needs checkpointing).
+    assert config == make_config(data["train"])
 
 
 def test_form_values_round_trip_through_the_config(form):
