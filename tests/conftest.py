@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -65,12 +64,11 @@ def subprocess_env() -> dict[str, str]:
 def runner(tmp_path):
     """A job runner on a fresh workspace; no job outlives the test that started it."""
     from jobs.runner import Runner
-    from jobs.store import ACTIVE
+    from tests.job_folders import kill_active_jobs
 
     runner = Runner(tmp_path / "workspace", stop_grace=60, kill_grace=10)
     yield runner
-    for job in runner.store.list(ACTIVE):
-        runner._signal_group(job, signal.SIGKILL)
+    kill_active_jobs(runner)
 
 
 @pytest.fixture(scope="session")

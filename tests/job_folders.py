@@ -3,6 +3,7 @@ as data, with no trainer started."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import psutil
 from core.events import ConfigEvent, EventWriter
 from jobs.runner import Runner
 from jobs.spec import JobSpec
+from jobs.store import ACTIVE
 
 TRAIN = {"pretrained_model_name_or_path": "/models/tiny", "data_root": "/data/clips"}
 
@@ -51,3 +53,9 @@ def run_as_sleeper(runner: Runner, job) -> subprocess.Popen:
         proc_start=psutil.Process(process.pid).create_time(),
     )
     return process
+
+
+def kill_active_jobs(runner: Runner) -> None:
+    """Jobs outlive the app by design; none may outlive the test that started it."""
+    for job in runner.store.list(ACTIVE):
+        runner._signal_group(job, signal.SIGKILL)

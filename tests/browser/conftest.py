@@ -150,10 +150,15 @@ def fill_field(page, selector: str, value: str) -> None:
 
 
 @pytest.fixture
-def workspace(tmp_path) -> Path:
+def workspace(tmp_path):
+    """A fresh workspace; the jobs a test started there (a preview worker, a run) end with it."""
+    from jobs.runner import Runner
+    from tests.job_folders import kill_active_jobs
+
     path = tmp_path / "workspace"
     path.mkdir()
-    return path
+    yield path
+    kill_active_jobs(Runner(path))
 
 
 @pytest.fixture

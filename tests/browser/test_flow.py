@@ -12,7 +12,6 @@ then the right one. The web process never loads torch along the way.
 from __future__ import annotations
 
 import re
-import signal
 import time
 import urllib.request
 from pathlib import Path
@@ -20,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from core.data.synthetic import write_clip
-from jobs.runner import Runner
-from jobs.store import ACTIVE, JobStore
+from jobs.store import JobStore
 from tests.browser.conftest import AppProcess, fill_field
 from tests.hub_server import FakeHub
 
@@ -230,11 +228,7 @@ def test_the_first_hour_from_make_run_to_a_pushed_lora(workspace, tmp_path, page
         # The web process served all of it without torch.
         assert not app.loaded_torch()
     finally:
-        app.stop()
-        # Jobs outlive the app by design; the preview worker must not outlive the test.
-        runner = Runner(workspace)
-        for job in runner.store.list(ACTIVE):
-            runner._signal_group(job, signal.SIGKILL)
+        app.stop()  # the workspace fixture ends the jobs the test started
     for path in workspace.rglob("*"):
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert TOKEN.encode() not in path.read_bytes(), path

@@ -4,15 +4,12 @@ the base model. tests/browser/test_flow.py walks the rest of the app (refresh, r
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from core.data.synthetic import write_clip
-from jobs.runner import Runner
-from jobs.store import ACTIVE
 from tests.browser.conftest import AppProcess, fill_field
 from tests.browser.test_flow import box, field, pick_option, wait_until
 
@@ -72,7 +69,4 @@ def test_clips_to_an_image_to_video_lora_previewed_from_an_image(workspace, tmp_
         shots("preview")
         assert not app.loaded_torch()
     finally:
-        app.stop()
-        runner = Runner(workspace)
-        for job in runner.store.list(ACTIVE):
-            runner._signal_group(job, signal.SIGKILL)
+        app.stop()  # the workspace fixture ends the jobs the test started
