@@ -76,6 +76,17 @@ class JobError(Exception):
     """A job command that cannot be carried out; the message says why."""
 
 
+def default_stop_signals() -> None:
+    """In a job's process before it starts: SIGINT and SIGTERM back to their defaults.
+
+    An app started in the background by a script (or under nohup) inherits SIGINT ignored, and
+    its jobs would too: a run could not be stopped, nor an idle preview worker step aside.
+    SIGHUP stays as it was, so jobs still outlive a closed terminal.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class Runner:
     def __init__(
         self,
@@ -279,6 +290,7 @@ class Runner:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=default_stop_signals,
             )
         self._children[process.pid] = process
         try:

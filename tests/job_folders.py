@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 
 from core.events import ConfigEvent, EventWriter
-from jobs.runner import Runner
+from jobs.runner import Runner, default_stop_signals
 from jobs.spec import JobSpec
 from jobs.store import ACTIVE
 
@@ -43,7 +43,10 @@ def run_as_sleeper(runner: Runner, job) -> subprocess.Popen:
     """Mark a job running, its process a sleeper with the job's marker (SIGINT or SIGTERM end
     it, as a stop would). The caller kills the process."""
     process = subprocess.Popen(
-        ["sleep", "600"], env={"COGVIDEOX_JOB_DIR": job.job_dir}, start_new_session=True
+        ["sleep", "600"],
+        env={"COGVIDEOX_JOB_DIR": job.job_dir},
+        start_new_session=True,
+        preexec_fn=default_stop_signals,  # as the runner starts a job
     )
     runner.store.update(
         job.id,

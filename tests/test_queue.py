@@ -5,6 +5,7 @@ trains."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,20 @@ def test_an_idle_preview_worker_is_stopped_when_a_run_needs_the_cpu(runner, spec
         assert started.status == "running" and started.reason is None
     finally:
         sleeper.kill()
+
+
+def test_a_job_takes_sigint_even_when_the_app_was_started_ignoring_it(runner, spec_file):
+    """An app started in the background by a script inherits SIGINT ignored; its jobs must not
+    (a stop, and an idle worker stepping aside, begin with SIGINT)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        run = runner.submit(JobSpec.model_validate_json(spec_file().read_text()))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert run.status == "running"
+    status = Path(f"/proc/{run.pid}/status").read_text().splitlines()
+    ignored = int(next(line for line in status if line.startswith("SigIgn:")).split()[1], 16)
+    assert not ignored & (1 << (signal.SIGINT - 1)) and not ignored & (1 << (signal.SIGTERM - 1))
 
 
 def test_start_refuses_an_empty_dataset_with_one_sentence_and_creates_no_job(

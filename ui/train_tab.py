@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import shlex
@@ -321,6 +322,10 @@ class TrainTab:
     def image_settings(self, model: str) -> list:
         """The image-to-video settings, shown for an image-to-video base only (and the learned
         positions' switch only for a base that has them)."""
+        # A demo preset's tiny model may still be building: its configs say which it is (a
+        # failed build is Start's to explain).
+        with contextlib.suppress(UserError):
+            self.studio.wait_for_model(model)
         kind = model_kind(model)
         shown = {
             name: kind.image_to_video
