@@ -15,15 +15,8 @@ import av
 import pytest
 
 from core.data.__main__ import main as data_main
-from core.data.split import (
-    SPLIT_FILE,
-    SplitOptions,
-    SplitProgress,
-    options_from,
-    plan_clips,
-    read_record,
-    split_sources,
-)
+from core.data.split import SplitProgress, options_from, plan_clips, split_sources
+from core.data.split_record import SPLIT_FILE, SplitOptions, read_record
 from core.data.synthetic import scene_of, write_long_video
 from core.errors import UserError
 from core.events import read_events
