@@ -86,3 +86,24 @@ def test_validation_writes_one_mp4_per_prompt_and_names_them(fp8_run):
 def test_tensorboard_writes_event_files(fp8_run):
     _, out, _ = fp8_run
     assert list((out / "logs").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("eight_bit", [False, True])
+def test_bitsandbytes_is_imported_only_by_runs_that_use_it(eight_bit):
+    """The trainer's process hides bitsandbytes from diffusers and peft unless --use_8bit_bnb:
+    importlib then reports it missing (its import costs about 1.6 s of every start)."""
+    import importlib.util
+    import sys
+
+    from core.train import skip_unused_imports
+
+    flags = ["--pretrained_model_name_or_path", "/models/tiny", "--data_root", "/data/clips"]
+    config = parse_args(flags + (["--use_8bit_bnb"] if eight_bit else []))
+    before = sys.modules.pop("bitsandbytes", None)
+    try:
+        skip_unused_imports(config)
+        assert (importlib.util.find_spec("bitsandbytes") is not None) == eight_bit
+    finally:
+        sys.modules.pop("bitsandbytes", None)
+        if before is not None:
+            sys.modules["bitsandbytes"] = before
