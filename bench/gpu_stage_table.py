@@ -186,11 +186,15 @@ def launcher(name: str, processes: int) -> list[str]:
 def full_size_transformer_config(family: str) -> dict:
     """The real architectures (STACK.md); diffusers' defaults are CogVideoX-2b's."""
     config = {}
-    if family in ("5b", "1.5"):
+    if family in ("5b", "1.5", "5b-i2v", "1.5-i2v"):
         config.update(num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True)
-    if family == "1.5":
+    if family in ("1.5", "1.5-i2v"):
         config.update(patch_size_t=2, patch_bias=False, sample_height=300, sample_width=300)
         config.update(sample_frames=81)
+    if family == "5b-i2v":  # the image's latents double the input channels
+        config.update(in_channels=32, use_learned_positional_embeddings=True)
+    if family == "1.5-i2v":
+        config.update(in_channels=32, ofs_embed_dim=512)
     return config
 
 

@@ -21,6 +21,7 @@ from memory_model import (
     CUDA_CONTEXT_GB,
     FAMILY_BUCKETS,
     FIGURES,
+    I2V_BUCKETS,
     RECOMMENDED_OPTIONS,
     config_checkpoint,
     make_train_config,
@@ -76,6 +77,8 @@ PRESET_FAMILIES = {
     "THUDM/CogVideoX-2b": "2b",
     "THUDM/CogVideoX-5b": "5b",
     "THUDM/CogVideoX1.5-5B": "1.5",
+    "THUDM/CogVideoX-5b-I2V": "5b-i2v",
+    "THUDM/CogVideoX1.5-5B-I2V": "1.5-i2v",
 }
 
 
@@ -86,18 +89,12 @@ def family_of(train: dict) -> str:
     return PRESET_FAMILIES[name]
 
 
-# The image-to-video bases are not modelled yet (their image latents and the image encoding of
-# validation): their presets keep the estimates written in them, which say they are estimates.
-NOT_MODELLED = ("THUDM/CogVideoX-5b-I2V", "THUDM/CogVideoX1.5-5B-I2V")
-
-
 def gpu_presets() -> dict[str, dict]:
-    """Preset file name -> its JSON, for the presets that train a real, modelled model on a GPU."""
+    """Preset file name -> its JSON, for the presets that train a real model on a GPU."""
     presets = {}
     for path in sorted(PRESETS.glob("*.json")):
         data = json.loads(path.read_text())
-        base = data["train"].get("pretrained_model_name_or_path")
-        if not data.get("tiny_model") and base not in NOT_MODELLED:
+        if not data.get("tiny_model"):
             presets[path.name] = data
     return presets
 
@@ -137,7 +134,7 @@ def write_figures(workdir: Path, jobs: int = 1) -> int:
     distinct: dict[str, tuple[str, str, dict]] = {}
     for family, bucket, settings in wanted.values():
         distinct.setdefault(_identity(family, bucket, settings), (family, bucket, settings))
-    for family in FAMILY_BUCKETS:  # the configs once, before processes could race to write them
+    for family in {*FAMILY_BUCKETS, *I2V_BUCKETS}:  # once, before processes race to write them
         config_checkpoint(workdir / f"configs-{family}", family)
     for family, bucket, settings in distinct.values():  # a bad one fails before any runs
         make_train_config(workdir / f"configs-{family}", bucket, settings)

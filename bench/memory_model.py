@@ -90,12 +90,19 @@ GPU_OPTIMIZER_IMPLEMENTATION = {
 RECOMMENDED_OPTIONS = "offload+expandable"
 # Each family's usual size: CogVideoX-2b and -5b were trained at 49x480x720, the 1.5 at 81x768x1360.
 FAMILY_BUCKETS = {"2b": "49x480x720", "5b": "49x480x720", "1.5": "81x768x1360"}
+# The image-to-video variants, at the sizes their released checkpoints were trained at.
+I2V_BUCKETS = {"5b-i2v": "49x480x720", "1.5-i2v": "81x768x1360"}
 
 GOALS_GB = {
     ("5b", "lora"): {"training": 16.0, "through validation": 20.0},
     ("5b", "lora", "fp8"): {"training": 11.0},
     ("5b", "full"): {"training": 45.0},
 }
+
+
+# Beside an image-to-video model's configs: the image its validation video starts from (the
+# fake clips have no first frame to read).
+VALIDATION_IMAGE = "validation.png"
 
 
 def make_train_config(model: Path, bucket: str, settings: dict, options: str = ""):
@@ -110,6 +117,8 @@ def make_train_config(model: Path, bucket: str, settings: dict, options: str = "
         video_resolution_buckets=[bucket],
         validation_prompts=["a validation prompt"],
     )
+    if (model / VALIDATION_IMAGE).is_file():  # an image-to-video model starts from an image
+        merged["validation_images"] = [str(model / VALIDATION_IMAGE)]
     merged.setdefault("seed", 42)  # no effect on memory; a run without one would draw it
     config = make_config(merged)
     return make_config({**config.model_dump(), **optimizer_on_gpu(config)})
@@ -139,10 +148,18 @@ def config_checkpoint(folder: Path, family: str) -> Path:
             weights.unlink()
     with torch.device("meta"):  # configs filled with every default; no memory
         transformer = CogVideoXTransformer3DModel(**full_size_transformer_config(family))
-        vae = AutoencoderKLCogVideoX(**VAE_FULL_SIZE, scaling_factor=SCALING_FACTOR[family])
+        vae = AutoencoderKLCogVideoX(
+            **VAE_FULL_SIZE,
+            scaling_factor=SCALING_FACTOR[family],
+            invert_scale_latents=family == "1.5-i2v",  # as the released 1.5 VAE
+        )
     transformer.save_config(partial / "transformer")
     vae.save_config(partial / "vae")
     T5Config(**T5_XXL).save_pretrained(partial / "text_encoder")
+    if family.endswith("-i2v"):
+        from PIL import Image
+
+        Image.new("RGB", (720, 480), (128, 96, 64)).save(partial / VALIDATION_IMAGE)
     partial.replace(folder)
     return folder
 
@@ -326,7 +343,7 @@ def default_workdir() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--family", choices=tuple(FAMILY_BUCKETS), default="5b")
+    parser.add_argument("--family", choices=(*FAMILY_BUCKETS, *I2V_BUCKETS), default="5b")
     parser.add_argument("--training", choices=tuple(TRAINING_TYPES), default="lora")
     parser.add_argument(
         "--configs",
@@ -365,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.options is not None:
         configs.append((args.options or "reference", args.options))
     configs.append(("recommended", RECOMMENDED_OPTIONS))
-    bucket = args.bucket or FAMILY_BUCKETS[args.family]
+    bucket = args.bucket or {**FAMILY_BUCKETS, **I2V_BUCKETS}[args.family]
     model = args.model or config_checkpoint(workdir / f"configs-{args.family}", args.family)
     report(args.family, args.training, configs, bucket, model)
     return 0

@@ -253,6 +253,14 @@ class World:
                 stack.enter_context(
                     mock.patch.object(torch.nn.Module, "_apply", _apply_setting_data)
                 )
+                # An image-to-video validation image is a fake tensor too: a blank picture of
+                # its size stands for it on the way into the pipeline.
+                stack.enter_context(mock.patch("core.data.dataset.to_pil", _blank_picture))
+                from diffusers.image_processor import VaeImageProcessor
+
+                stack.enter_context(  # its range checks read pixel values
+                    mock.patch.object(VaeImageProcessor, "preprocess", _blank_pixels)
+                )
             stack.enter_context(tracker)
             if self.attention is not None:
                 stack.enter_context(
@@ -261,6 +269,22 @@ class World:
             for size in self.persistent:
                 tracker.hold(self.device.type, size)
             yield recording
+
+
+def _blank_picture(pixels):
+    """A picture the size of a [3, H, W] tensor, for a fake one (which holds no pixels)."""
+    from PIL import Image
+
+    return Image.new("RGB", (pixels.shape[-1], pixels.shape[-2]))
+
+
+def _blank_pixels(processor, image, height=None, width=None, **kwargs):
+    """The image processor's output for pictures, [B, 3, H, W] in [-1, 1], without reading
+    them (on fake tensors there is nothing to read)."""
+    pictures = image if isinstance(image, list) else [image]
+    height = height or pictures[0].height
+    width = width or pictures[0].width
+    return torch.zeros(len(pictures), 3, height, width)
 
 
 # ---- the trainer, on one stand-in device -----------------------------------------------------

@@ -77,16 +77,31 @@ def test_expandable_segments_grow_one_segment_instead_of_stranding_free_blocks()
 TINY_RUNS = {
     "5b": ("lora", "fp8+offload+rank=8"),
     "1.5": ("full", "adamw+checkpointing=0.5"),
+    "5b-i2v": ("lora", "offload+rank=8"),
 }
 
 
-@pytest.mark.parametrize("variant", ["5b", "1.5"])
-def test_fake_tensors_predict_the_peak_real_tensors_reach_at_every_stage(variant, tiny_models):
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tiny_models, tiny_i2v_models, tmp_path_factory):
+    """The tiny checkpoints the memory model runs on; the image-to-video one with the image
+    its validation video starts from, as the full-size configs have it."""
+    import shutil
+
+    from PIL import Image
+
+    i2v = tmp_path_factory.mktemp("memory") / "5b-i2v"
+    shutil.copytree(tiny_i2v_models["5b-i2v"], i2v)
+    Image.new("RGB", (32, 32), (128, 96, 64)).save(i2v / memory_model.VALIDATION_IMAGE)
+    return {**tiny_models, "5b-i2v": i2v}
+
+
+@pytest.mark.parametrize("variant", list(TINY_RUNS))
+def test_fake_tensors_predict_the_peak_real_tensors_reach_at_every_stage(variant, tiny_checkpoints):
     """The same run (the trainer's parts, stage by stage) with real tensors on the CPU and with
     fake ones: the tracker's peak of live bytes in each stage agrees within 5%."""
     training, options = TINY_RUNS[variant]
     settings = memory_model.reference_settings(training)
-    config = memory_model.make_train_config(tiny_models[variant], "9x32x32", settings, options)
+    config = memory_model.make_train_config(tiny_checkpoints[variant], "9x32x32", settings, options)
     cpu = torch.device("cpu")
     tables = {
         fake: memory_stages.run_stages(
