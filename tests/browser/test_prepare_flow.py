@@ -8,21 +8,12 @@ Kept short beside the first-hour flow (tests/browser/test_flow.py): a 26 s video
 from __future__ import annotations
 
 import re
-import time
 
 from core.data.synthetic import write_long_video
 from tests.browser.conftest import fill_field
+from tests.browser.test_flow import wait_until
 
 STEPS = 4
-
-
-def wait_until(check, timeout: float = 180.0, what: str = "the page"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_one_long_video_split_captioned_and_trained(app, page, tmp_path, workspace):
@@ -51,6 +42,7 @@ def test_one_long_video_split_captioned_and_trained(app, page, tmp_path, workspa
     written_by = [page.locator(f'#caption-table [data-testid="cell-{row}-2"]') for row in range(6)]
     wait_until(
         lambda: [cell.inner_text().strip() for cell in written_by] == ["model"] * 6,
+        timeout=180,
         what="six captions marked as the model's",
     )
     assert len(list(clips.glob("*.txt"))) == 6
