@@ -7,7 +7,9 @@
 3. With `--first-hour`, a new user's path in the same browser: the CPU demo preset applied
    (first, while its tiny model builds in the background, and again), then Start clicked to the
    first point of the loss plot; then, with `--idle-minutes M`, the page left on the Publish tab
-   with nothing running for M minutes, and chromium's renderer CPU over the last minute.
+   with nothing running for M minutes, and chromium's renderer CPU over the last minute. The
+   same path again on an app started with `--no-standby` (no trainer made ready before Start,
+   jobs/standby.py) gives the Start figure side by side.
 
     python bench/app_latency.py [--starts 3] [--events 8] [--first-hour] [--idle-minutes 10]
 
@@ -151,7 +153,9 @@ def apply_demo_preset(page) -> float:
     return time.perf_counter() - chosen
 
 
-def first_hour(workspace: Path, idle_minutes: float) -> dict[str, float | list[float]]:
+def first_hour(
+    workspace: Path, idle_minutes: float, *app_flags: str
+) -> dict[str, float | list[float]]:
     """Preset applies, Start to the first loss point, and the idle page's renderer CPU."""
     from playwright.sync_api import sync_playwright
 
@@ -159,7 +163,7 @@ def first_hour(workspace: Path, idle_minutes: float) -> dict[str, float | list[f
     from jobs.store import FINISHED
     from tests.browser.conftest import AppProcess
 
-    app = AppProcess(workspace).start()
+    app = AppProcess(workspace, *app_flags).start()
     figures: dict[str, float | list[float]] = {}
     try:
         with sync_playwright() as playwright:
@@ -226,12 +230,21 @@ def main() -> None:
     if args.first_hour:
         with tempfile.TemporaryDirectory() as workspace:
             figures = first_hour(Path(workspace), args.idle_minutes)
+        # The same path with no trainer made ready before Start (jobs/standby.py), side by side.
+        with tempfile.TemporaryDirectory() as workspace:
+            cold = first_hour(Path(workspace), 0.0, "--no-standby")
+        figures["without_standby_s"] = cold["start_to_first_loss_point_s"]
     print(f"after: {load_average()}")
     print("app start to first HTTP 200: " + ", ".join(f"{s:.2f}" for s in starts) + " s")
     print("step event to the page:      " + ", ".join(f"{d:.2f}" for d in delays) + " s")
     if figures:
         first, again = figures["preset_apply_s"]
         print(f"CPU demo preset applied: {first:.2f} s (model building), {again:.2f} s again")
+        warm, cold = figures["start_to_first_loss_point_s"], figures["without_standby_s"]
+        print(
+            f"Start to the first loss point: {warm:.2f} s, {cold:.2f} s with --no-standby "
+            f"(ratio {cold / warm:.2f})"
+        )
     print(f"app_first_200_s: {statistics.median(starts):.2f}")
     print(f"event_to_page_s: {statistics.median(delays):.2f}")
     if figures:

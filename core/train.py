@@ -441,28 +441,44 @@ class Trainer:
         return text.splitlines()[0][:500] if text else type(error).__name__
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, own_process: bool = False) -> int:
+    """Run the trainer; `own_process`: this interpreter runs nothing else (the module's entry
+    point), so the imports a run has no use for may be kept out of it."""
     try:
         config = parse_args(argv)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
-    skip_unused_imports(config)
+    if own_process:
+        skip_unused_imports(config)
     return Trainer(config).run()
 
 
 def skip_unused_imports(config: TrainConfig) -> None:
-    """Keep bitsandbytes out of a run that has no use for it (only --use_8bit_bnb has).
+    """Keep bitsandbytes and DeepSpeed out of a run that has no use for them.
 
-    diffusers and peft import it whenever it is installed, which costs about 1.6 s of every
-    run's start on a 2-core machine (a sixth of the CPU demo's wait for its first loss point).
-    A None entry in sys.modules makes importlib report it missing, so both take their paths
-    for a machine without it. Only the trainer's own process does this, before any import.
+    diffusers and peft import bitsandbytes whenever it is installed (only --use_8bit_bnb needs
+    it): about 1.6 s of every run's start on a 2-core machine. accelerate imports DeepSpeed to
+    unwrap any model when it is installed (only a run that accelerate launched under a DeepSpeed
+    config needs it): about 0.8 s more. A None entry in sys.modules makes importlib report a
+    package missing, so each library takes its path for a machine without it. Only a process of
+    the trainer's own does this, before anything imports them.
     """
-    if not config.use_8bit_bnb and "bitsandbytes" not in sys.modules:
-        sys.modules["bitsandbytes"] = None
+    unused = []
+    if not config.use_8bit_bnb:
+        unused.append("bitsandbytes")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+        unused.append("deepspeed")
+    for package in unused:
+        if package not in sys.modules:
+            sys.modules[package] = None
 
 
 if __name__ == "__main__":
     tolerate_full_disk_in_std_streams()  # train.log on a full disk must not end the run
-    sys.exit(main())
+    arguments = None
+    if sys.argv[1:2] == ["--standby"]:  # started ahead of Start: wait for a job (core/standby.py)
+        from core.standby import wait_for_job
+
+        arguments = wait_for_job(sys.argv[2:])
+    sys.exit(main(arguments, own_process=True))

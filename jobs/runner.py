@@ -1,8 +1,9 @@
 """Starting, watching, stopping and resuming training jobs as detached processes.
 
 A job runs as `sh -c '<accelerate launch ... -m core.train --config spec.json>; record exit'` in
-a session of its own, with its output going to `<job dir>/train.log`: it is nobody's pipe, so it
-outlives the app that started it, a browser refresh, an app restart or an app crash. The store
+a session of its own, with its output going to `<job dir>/train.log` (jobs/processes.py): it is
+nobody's pipe, so it outlives the app that started it, a browser refresh, an app restart or an
+app crash. A CPU run may begin in a trainer the app started before Start (jobs/standby.py). The
 records its pid and the process's start time before `launch` returns, so a recycled pid is never
 taken for ours.
 
@@ -32,59 +33,37 @@ from core.diskspace import FULL_ERRNOS, full_disk_sentence, nearly_full
 from core.events import EVENTS_FILE, FINAL_KINDS, EventWriter, StoppedEvent
 from core.files import write_text_atomic
 from jobs import queue
+from jobs import standby as standby_trainer
 from jobs.checks import output_folder
 from jobs.diagnose import diagnose
 from jobs.events import EventTail
 from jobs.previews import worker_is_idle
-from jobs.spec import PREPARATION_KINDS, SPEC_FILE, JobSpec
+from jobs.processes import (
+    EXIT_FILE,
+    LOG_FILE,
+    NO_TICK_FILE,
+    clear_exit_code,
+    default_stop_signals,
+    job_env,
+    job_processes,
+    log_tail,
+    read_exit_code,
+    spawn,
+    trainers,
+)
+from jobs.spec import PREPARATION_KINDS, SPEC_FILE, JobSpec, single_cpu_process_env
 from jobs.store import ACTIVE, FINISHED, Job, JobStore, StoreUnwritable
 
 logger = logging.getLogger("jobs.runner")
+__all__ = ["EXIT_FILE", "LOG_FILE", "JobError", "Runner", "default_stop_signals", "log_tail"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-LOG_FILE = "train.log"
-EXIT_FILE = "exit_code"
+STEP_ASIDE_WAIT = 5.0  # seconds an idle preview worker gets to end when the app waits for it
 STARTING_TIMEOUT = 120.0  # a claimed job with no process after this long failed to start
 _COMMAND_LINE = "\n$ "  # what the runner writes to train.log before each attempt's command
-
-# The wrapper keeps the exit status after the app that started the job is gone, then lets the
-# queue start whatever was waiting for this job's GPUs. The trap makes the shell wait for the
-# trainer's own graceful stop instead of dying first. On a full disk the status cannot be
-# written into a file, but an empty file whose name carries it needs no data block.
-# The tick is not part of the job: it runs in a session of its own and without the job's
-# marker, or finishing the job (which kills the job's process group and every process that
-# carries the marker) would kill the tick before it could start the next job.
-_WRAPPER = r"""
-trap ':' INT TERM
-"$@"
-code=$?
-if printf '%s\n' "$code" > "$COGVIDEOX_JOB_DIR/.exit_code.partial"; then
-    mv "$COGVIDEOX_JOB_DIR/.exit_code.partial" "$COGVIDEOX_JOB_DIR/exit_code"
-else
-    rm -f "$COGVIDEOX_JOB_DIR/.exit_code.partial"
-    : > "$COGVIDEOX_JOB_DIR/exit_code.$code"
-fi
-(
-    unset COGVIDEOX_JOB_DIR
-    exec setsid "$COGVIDEOX_JOB_PYTHON" -m jobs --workspace "$COGVIDEOX_JOB_WORKSPACE" tick
-) </dev/null >/dev/null 2>&1 &
-exit "$code"
-"""
 
 
 class JobError(Exception):
     """A job command that cannot be carried out; the message says why."""
-
-
-def default_stop_signals() -> None:
-    """In a job's process before it starts: SIGINT and SIGTERM back to their defaults.
-
-    An app started in the background by a script (or under nohup) inherits SIGINT ignored, and
-    its jobs would too: a run could not be stopped, nor an idle preview worker step aside.
-    SIGHUP stays as it was, so jobs still outlive a closed terminal.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class Runner:
@@ -94,16 +73,21 @@ class Runner:
         stop_grace: float = 600.0,
         kill_grace: float = 60.0,
         on_warning: Callable[[str], None] | None = None,
+        standby: bool = False,
     ):
         """`stop_grace`: seconds a stopping trainer gets to checkpoint before SIGTERM;
         `kill_grace`: seconds more before the whole job is killed; `on_warning`: where to say
-        what is wrong with the store (default: the log)."""
+        what is wrong with the store (default: the log); `standby`: keep a trainer started
+        ahead of the next CPU run when asked (`warm_standby`; a long-lived runner, the app's)."""
         self.store = JobStore(workspace)
         self.workspace = self.store.workspace
         self.stop_grace = stop_grace
         self.kill_grace = kill_grace
         self._children: dict[int, subprocess.Popen] = {}
         self._private_env: dict[str, dict[str, str]] = {}  # per job, kept in memory only
+        self.standby_enabled = standby
+        self._standby_wanted = False
+        self._standby: standby_trainer.Standby | None = None
         self._warned: str | None = None
         self._on_warning = on_warning or (lambda message: logger.warning("warning: %s", message))
         from jobs.recovery import adopt_unindexed_folders
@@ -217,6 +201,7 @@ class Runner:
         try:
             self.reconcile()
             self.schedule()
+            self._keep_standby()
         except StoreUnwritable as error:
             self.warn(str(error))
             self.store.keep_in_memory()
@@ -231,6 +216,11 @@ class Runner:
             return []
         active = self.store.list(ACTIVE)
         plan = queue.plan(queued, active, idle=worker_is_idle)
+        if plan.step_aside and self._standby is not None and self._standby.waiting():
+            # A finished worker's tick would start what it held in a fresh process: this runner
+            # waits for the workers itself, so that the run starts in the standby.
+            self._step_aside_and_wait(plan.step_aside)
+            return self.schedule()
         for worker in plan.step_aside:  # an idle preview worker gives its GPUs to the queue
             self.stop(worker.id)
         for job in queued:  # what each job waits for, shown by the page and `jobs show`
@@ -254,6 +244,19 @@ class Runner:
                     )
         return started
 
+    def _step_aside_and_wait(self, workers: list[Job]) -> None:
+        """Stop idle preview workers, their ticks held back, and wait (a few seconds at most)
+        until they have ended. One that takes longer gets its tick back and ends as usual."""
+        for worker in workers:
+            (Path(worker.job_dir) / NO_TICK_FILE).touch()
+            self.stop(worker.id)
+        deadline = time.monotonic() + STEP_ASIDE_WAIT
+        while time.monotonic() < deadline and any(self._alive(w) for w in workers):
+            time.sleep(0.05)
+        for worker in workers:
+            (Path(worker.job_dir) / NO_TICK_FILE).unlink(missing_ok=True)
+            self._reconcile(self.store.get(worker.id))
+
     def _launch(self, job: Job) -> Job:
         job_dir = Path(job.job_dir)
         spec = self.spec(job)
@@ -263,35 +266,16 @@ class Runner:
         clear_exit_code(job_dir)
         events = job_dir / "events.jsonl"
         offset = events.stat().st_size if events.exists() else 0
-        env = dict(os.environ)
-        env.update(
-            {
-                "PYTHONPATH": os.pathsep.join(
-                    filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])
-                ),
-                "PYTHONUNBUFFERED": "1",
-                "COGVIDEOX_JOB_DIR": str(job_dir),
-                "COGVIDEOX_JOB_PYTHON": sys.executable,
-                "COGVIDEOX_JOB_WORKSPACE": str(self.workspace),
-            }
-        )
+        env = job_env(self.workspace, job_dir, spec.launch_env())
         if spec.gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.gpu_ids))
-        env.update(spec.launch_env())
         env.update(self._private_env.pop(job.id, {}))
         with open(job_dir / LOG_FILE, "ab") as log:
             log.write(f"{_COMMAND_LINE}{spec.show_command(job_dir / SPEC_FILE)}\n".encode())
             log.flush()
-            process = subprocess.Popen(
-                ["/bin/sh", "-c", _WRAPPER, "cogvideox-job", *argv],
-                cwd=job_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=default_stop_signals,
-            )
+            process = self._hand_to_standby(spec, job_dir, argv, env)
+            if process is None:
+                process = spawn(argv, job_dir, env, log)
         self._children[process.pid] = process
         try:
             created = psutil.Process(process.pid).create_time()
@@ -315,6 +299,54 @@ class Runner:
             attempt_offset=offset,
         )
         return self.store.get(job.id)
+
+    # ---- a trainer started ahead of Start (jobs/standby.py) ---------------------------------
+
+    def warm_standby(self) -> None:
+        """From now on, keep a trainer waiting for the next CPU run whenever no run is on (a
+        run would lose CPU to the standby's imports); the heartbeat starts it again after a run
+        took it. Nothing for a runner that keeps no standby."""
+        self._standby_wanted = self.standby_enabled
+        self._keep_standby()
+
+    def _keep_standby(self) -> None:
+        if not self._standby_wanted or (self._standby and self._standby.waiting()):
+            return
+        if any(job.kind == "train" for job in self.store.list(ACTIVE)):
+            return
+        standby_trainer.clear_unused(self.workspace)
+        folder = standby_trainer.new_folder(self.workspace)
+        env = job_env(self.workspace, folder, single_cpu_process_env())
+        argv = standby_trainer.standby_argv(sys.executable, os.getpid())
+        with open(folder / LOG_FILE, "ab") as log:
+            process = spawn(argv, folder, env, log)
+        self._standby = standby_trainer.Standby(process, folder, env)
+
+    def close_standby(self) -> None:
+        """End the waiting standby, and keep none from now on."""
+        self._standby_wanted = False
+        if self._standby is not None:
+            standby_trainer.close(self._standby)
+            self._standby = None
+
+    def _hand_to_standby(
+        self, spec: JobSpec, job_dir: Path, argv: list[str], env: dict[str, str]
+    ) -> subprocess.Popen | None:
+        """The waiting standby's process, now running this job; None when it cannot take it."""
+        waiting, self._standby = self._standby, None
+        arguments = standby_trainer.trainer_arguments(argv, sys.executable)
+        if (
+            waiting is None
+            or arguments is None
+            or not spec.single_cpu_process
+            or spec.train.use_8bit_bnb  # the standby's trainer runs without bitsandbytes
+            or not waiting.waiting()
+            or not waiting.fits(env)
+            or not standby_trainer.hand_over(waiting, job_dir, arguments)
+        ):
+            self._standby = waiting
+            return None
+        return waiting.process
 
     def reconcile(self) -> None:
         """Bring every active job's record in line with its process and its events."""
@@ -433,33 +465,11 @@ class Runner:
 
     @staticmethod
     def _job_processes(job: Job) -> list[psutil.Process]:
-        """Every live process of the job, found by the job folder in its environment.
+        return job_processes(job.job_dir)
 
-        Process groups are not enough: torchrun starts each rank in a session of its own, and
-        a rank whose launcher died is adopted by init; the environment goes wherever they go.
-        """
-        found = []
-        for process in psutil.process_iter(["pid", "status"]):
-            if process.pid == os.getpid() or process.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            try:
-                if process.environ().get("COGVIDEOX_JOB_DIR") == job.job_dir:
-                    found.append(process)
-            except psutil.Error:
-                continue
-        return found
-
-    def _trainers(self, job: Job) -> list[psutil.Process]:
-        """The trainer processes of a job (every rank), not the launcher or the wrapper."""
-        found = []
-        for process in self._job_processes(job):
-            try:
-                cmdline = process.cmdline()
-            except psutil.Error:
-                continue
-            if _runs_module(cmdline, "core.train"):
-                found.append(process)
-        return found
+    @staticmethod
+    def _trainers(job: Job) -> list[psutil.Process]:
+        return trainers(job.job_dir)
 
     # ---- stop, resume, delete --------------------------------------------------------------
 
@@ -587,45 +597,6 @@ class Runner:
         text = log_tail(Path(job.job_dir) / LOG_FILE, size)
         start = text.rfind(_COMMAND_LINE)
         return text[start + 1 :] if start >= 0 else text
-
-
-def _runs_module(cmdline: list[str], module: str) -> bool:
-    """Whether a command line is `python [-flags] -m module ...` itself, not a launcher
-    (accelerate, torchrun) that was given the module to start."""
-    for position, argument in enumerate(cmdline[1:], start=1):
-        if argument == "-m":
-            return cmdline[position + 1 : position + 2] == [module]
-        if not argument.startswith("-"):
-            return False  # a script: the launcher's own program
-    return False
-
-
-def read_exit_code(job_dir: Path) -> int | None:
-    """The exit status the job's wrapper recorded, if its last attempt has ended."""
-    try:
-        return int((job_dir / EXIT_FILE).read_text().strip())
-    except (FileNotFoundError, ValueError):
-        pass
-    for marker in job_dir.glob(f"{EXIT_FILE}.*"):  # written on a full disk: the name holds it
-        with contextlib.suppress(ValueError):
-            return int(marker.name.removeprefix(f"{EXIT_FILE}."))
-    return None
-
-
-def clear_exit_code(job_dir: Path) -> None:
-    (job_dir / EXIT_FILE).unlink(missing_ok=True)
-    for marker in job_dir.glob(f"{EXIT_FILE}.*"):
-        marker.unlink(missing_ok=True)
-
-
-def log_tail(path: Path, size: int = 8192) -> str:
-    """The last `size` bytes of a log, as text."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(max(0, path.stat().st_size - size))
-            return handle.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
 
 
 def _service_outcome(job: Job, exit_code: int | None, log_tail: str):

@@ -266,15 +266,8 @@ class JobSpec(BaseModel):
         Not under DeepSpeed: that flag would make accelerate drop DeepSpeed for plain data
         parallel; the trainer names gloo for DeepSpeed's ranks itself.
         """
-        if self.single_cpu_process:  # what accelerate's simple launcher sets, flag by flag
-            return {
-                "ACCELERATE_USE_CPU": "True",
-                "ACCELERATE_MIXED_PRECISION": self.launch.mixed_precision or "no",
-                "ACCELERATE_DYNAMO_BACKEND": "NO",
-                "OMP_NUM_THREADS": str(os.cpu_count() or 1),
-                "KMP_AFFINITY": "granularity=fine,compact,1,0",
-                "KMP_BLOCKTIME": "1",
-            }
+        if self.single_cpu_process:
+            return single_cpu_process_env(self.launch.mixed_precision)
         return {} if self.gpu_ids or self.deepspeed else {"ACCELERATE_USE_CPU": "1"}
 
     def _torchrun_argv(self) -> list[str]:
@@ -398,6 +391,18 @@ class JobSpec(BaseModel):
             launch = self.launch.model_copy(update={"machine_rank": rank})
             commands.append(self.model_copy(update={"launch": launch}).show_command())
         return commands
+
+
+def single_cpu_process_env(mixed_precision: str | None = None) -> dict[str, str]:
+    """What accelerate's simple launcher sets for one process on the CPU, flag by flag."""
+    return {
+        "ACCELERATE_USE_CPU": "True",
+        "ACCELERATE_MIXED_PRECISION": mixed_precision or "no",
+        "ACCELERATE_DYNAMO_BACKEND": "NO",
+        "OMP_NUM_THREADS": str(os.cpu_count() or 1),
+        "KMP_AFFINITY": "granularity=fine,compact,1,0",
+        "KMP_BLOCKTIME": "1",
+    }
 
 
 def make_spec(**fields) -> JobSpec:

@@ -59,6 +59,8 @@ def run_as_sleeper(runner: Runner, job) -> subprocess.Popen:
 
 
 def kill_active_jobs(runner: Runner) -> None:
-    """Jobs outlive the app by design; none may outlive the test that started it."""
+    """Jobs outlive the app by design; none may outlive the test that started it (nor a
+    trainer waiting for one)."""
     for job in runner.store.list(ACTIVE):
         runner._signal_group(job, signal.SIGKILL)
+    runner.close_standby()

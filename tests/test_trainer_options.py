@@ -88,22 +88,27 @@ def test_tensorboard_writes_event_files(fp8_run):
     assert list((out / "logs").rglob("events.out.tfevents.*"))
 
 
-@pytest.mark.parametrize("eight_bit", [False, True])
-def test_bitsandbytes_is_imported_only_by_runs_that_use_it(eight_bit):
-    """The trainer's process hides bitsandbytes from diffusers and peft unless --use_8bit_bnb:
-    importlib then reports it missing (its import costs about 1.6 s of every start)."""
+@pytest.mark.parametrize("used", [False, True])
+def test_bitsandbytes_and_deepspeed_are_imported_only_by_runs_that_use_them(used, monkeypatch):
+    """The trainer's own process hides bitsandbytes from diffusers and peft unless
+    --use_8bit_bnb, and DeepSpeed from accelerate unless accelerate launched it under a
+    DeepSpeed config: importlib then reports them missing (their imports cost about 1.6 s and
+    0.8 s of every start)."""
     import importlib.util
     import sys
 
     from core.train import skip_unused_imports
 
     flags = ["--pretrained_model_name_or_path", "/models/tiny", "--data_root", "/data/clips"]
-    config = parse_args(flags + (["--use_8bit_bnb"] if eight_bit else []))
-    before = sys.modules.pop("bitsandbytes", None)
+    config = parse_args(flags + (["--use_8bit_bnb"] if used else []))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true" if used else "false")
+    before = {package: sys.modules.pop(package, None) for package in ("bitsandbytes", "deepspeed")}
     try:
         skip_unused_imports(config)
-        assert (importlib.util.find_spec("bitsandbytes") is not None) == eight_bit
+        for package in before:
+            assert (importlib.util.find_spec(package) is not None) == used, package
     finally:
-        sys.modules.pop("bitsandbytes", None)
-        if before is not None:
-            sys.modules["bitsandbytes"] = before
+        for package, module in before.items():
+            sys.modules.pop(package, None)
+            if module is not None:
+                sys.modules[package] = module

@@ -142,7 +142,7 @@ def build_page(studio: Studio) -> gr.Blocks:
                 *runs_outputs,
             ],
             **private,
-        )
+        ).then(train.warm_for, [train.preset], None, show_progress="hidden", **private)
     return page
 
 

@@ -45,10 +45,11 @@ class Studio:
     data_dirs: list[Path] = field(default_factory=list)
     hub_endpoint: str | None = None
     stop_grace: float = 600.0
+    standby: bool = True  # keep a trainer ready for CPU runs (jobs/standby.py)
 
     def __post_init__(self):
         self.workspace = Path(self.workspace).resolve()
-        self.runner = Runner(self.workspace, stop_grace=self.stop_grace)
+        self.runner = Runner(self.workspace, stop_grace=self.stop_grace, standby=self.standby)
         self.datasets_dir = self.workspace / "datasets"
         self.models_dir = self.workspace / "models"
         self.datasets_dir.mkdir(parents=True, exist_ok=True)
@@ -65,6 +66,12 @@ class Studio:
         with self._lock:
             self.runner.poll()
             return self.runner.store.list()
+
+    def warm_standby(self) -> None:
+        """Keep a trainer ready for the next run on the CPU (jobs/standby.py): its imports are
+        done before Start, seconds off the wait for the first loss point."""
+        with self._lock:
+            self.runner.warm_standby()
 
     def follower(self, job: Job) -> RunFollower:
         """The job's summary, updated with only the bytes its events file gained since."""

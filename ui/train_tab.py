@@ -186,7 +186,7 @@ class TrainTab:
             [self.preset_info, self.message, *fields],
             show_progress="hidden",
             **private,
-        )
+        ).then(self.warm_for, [self.preset], None, show_progress="hidden", **private)
         self.show.click(
             self.show_command,
             [self.refused_field, self.name, self.gpus, *launch, *fields],
@@ -230,6 +230,14 @@ class TrainTab:
             state.get("name") or gr.skip(),
             *[form[name] if name in form else gr.skip() for name in self.form.fields],
         ]
+
+    def warm_for(self, key: str | None) -> None:
+        """A preset that trains on the CPU (a demo's, or any on a machine without a GPU) has
+        a trainer made ready before Start (jobs/standby.py). Asked once the form is filled:
+        the standby's imports would otherwise slow the page's answer."""
+        preset = self.studio.presets().get(key or "")
+        if preset and (preset.needs_tiny_model or not list_gpus()):
+            self.studio.warm_standby()
 
     @staticmethod
     def _preset_info(preset) -> str:

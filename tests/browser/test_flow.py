@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from core.data.synthetic import write_clip
@@ -148,12 +149,15 @@ def test_the_first_hour_from_make_run_to_a_pushed_lora(workspace, tmp_path, page
         shots("base-preview")
         # 6. Start: the idle worker steps aside and the run starts, its view opens.
         page.get_by_role("tab", name="2 · Train").click()
-        clicked = time.monotonic()
+        clicked, clicked_at = time.monotonic(), time.time()
         page.locator("#start").click()
         header = page.locator("#run-header")
         header.get_by_text("my-lora").wait_for(timeout=30_000)
         header.get_by_text("running").wait_for(timeout=60_000)
         assert store.get(worker.id).stop_requested  # it stepped aside, not timed out
+        # It runs in the trainer made ready when the preset was picked: no imports after Start.
+        run = next(job for job in store.list() if job.kind == "train")
+        assert psutil.Process(run.pid).children()[0].create_time() < clicked_at
         first = len(wait_until(lambda: plot_steps(page), what="a first point on the loss plot"))
         print(f"Start click to the first loss point: {time.monotonic() - clicked:.1f} s")
         header.get_by_text(f"/{STEPS}").wait_for()

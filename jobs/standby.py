@@ -1,0 +1,146 @@
+"""A trainer process started before Start is pressed, so that a CPU run's first step comes sooner.
+
+Before a run reads anything, its trainer imports torch, diffusers, transformers, accelerate and
+peft: about 6 s on a 2-core machine, most of the wait between Start and the CPU demo's first
+loss point. The app starts one trainer ahead of time, exactly as the runner starts a job (the
+same wrapper, environment and session of its own), with a folder under `<workspace>/standby/`
+as its job folder marker. It imports everything and waits (core/standby.py).
+
+Start hands it a job (`hand_over`): the runner claims it by renaming its `open` file (the trainer
+renames the same file to close itself when its app is gone or it has waited too long, so only
+one of them wins), writes the job's folder and arguments to `job.json`, and turns the standby
+folder's path into a link to the job folder. From then on the job is like any other: the wrapper
+records the exit status through the link, and the job's processes are found by their marker,
+which leads to the job folder once links are resolved. The trainer moves into the job folder,
+writes to its train.log and runs the job's arguments.
+
+Only a run that is a single trainer process on the CPU (the CPU demo, any CPU run) starts this
+way: a GPU run goes through `accelerate launch`, whose launcher starts the trainer itself. The
+standby's environment is the job's own, so a job whose environment differs (a token, another
+precision, an environment variable changed since) starts a fresh process instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from core.files import write_text_atomic
+from jobs.processes import MARKER
+
+STANDBY_DIR = "standby"
+OPEN_FILE = "open"  # present while the standby waits and may be claimed
+CLAIMED_FILE = "claimed"
+JOB_FILE = "job.json"
+IDLE_TIMEOUT = 1800.0  # seconds a standby waits for a job before it frees its memory
+TRAINER = ("-m", "core.train")
+
+
+@dataclass
+class Standby:
+    process: subprocess.Popen
+    folder: Path
+    env: dict[str, str]
+
+    def waiting(self) -> bool:
+        return self.process.poll() is None and (self.folder / OPEN_FILE).is_file()
+
+    def fits(self, env: dict[str, str]) -> bool:
+        """Whether a job with this environment may run in this process: the same environment
+        apart from the job folder's marker."""
+
+        def without_marker(values: dict[str, str]) -> dict[str, str]:
+            return {key: value for key, value in values.items() if key != MARKER}
+
+        return without_marker(env) == without_marker(self.env)
+
+
+def new_folder(workspace: Path) -> Path:
+    """A fresh standby folder, open to be claimed."""
+    folder = workspace / STANDBY_DIR / secrets.token_hex(6)
+    folder.mkdir(parents=True)
+    (folder / OPEN_FILE).touch()
+    return folder
+
+
+def standby_argv(python: str, owner: int) -> list[str]:
+    """The standby's command: the trainer module, waiting for a job while `owner` (the app's
+    process) lives."""
+    return [
+        python,
+        *TRAINER,
+        "--standby",
+        "--owner",
+        str(owner),
+        "--idle-timeout",
+        str(IDLE_TIMEOUT),
+    ]
+
+
+def trainer_arguments(argv: list[str], python: str) -> list[str] | None:
+    """The trainer's own arguments in a job's command, when that command is the interpreter
+    running the trainer module (what a standby can take over); None otherwise."""
+    head = [python, *TRAINER]
+    return argv[len(head) :] if argv[: len(head)] == head else None
+
+
+def hand_over(standby: Standby, job_dir: Path, arguments: list[str]) -> bool:
+    """Give the job to the standby; False if it had already closed itself (start a fresh one)."""
+    folder = standby.folder
+    try:
+        os.rename(folder / OPEN_FILE, folder / CLAIMED_FILE)
+    except FileNotFoundError:
+        return False
+    write_text_atomic(folder / JOB_FILE, json.dumps({"job_dir": str(job_dir), "argv": arguments}))
+    # The trainer reads job.json from its working folder, wherever that folder is named now.
+    os.rename(folder, folder.with_name(f"{folder.name}.taken"))
+    os.symlink(job_dir, folder)
+    return True
+
+
+def close(standby: Standby) -> None:
+    """End a standby that no job took (one that became a job is left alone)."""
+    try:
+        os.rename(standby.folder / OPEN_FILE, standby.folder / "closed")
+    except FileNotFoundError:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(standby.process.pid, signal.SIGKILL)
+    standby.process.wait()
+    shutil.rmtree(standby.folder, ignore_errors=True)
+
+
+def clear_unused(workspace: Path) -> None:
+    """Remove what standbys left behind: the folders of those that closed or died, and the
+    links of those that became jobs once no process of the job is left (the wrapper records
+    the exit status through the link)."""
+    root = workspace / STANDBY_DIR
+    if not root.is_dir():
+        return
+    in_use = set()
+    for process in psutil.process_iter(["pid", "status"]):
+        if process.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            marker = process.environ().get(MARKER)
+        except psutil.Error:
+            continue
+        if marker and Path(marker).parent == root:
+            in_use.add(Path(marker).name)
+    for entry in root.iterdir():
+        name = entry.name.removesuffix(".taken")
+        if name in in_use:
+            continue
+        if entry.is_symlink():
+            entry.unlink(missing_ok=True)
+        elif entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
