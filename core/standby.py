@@ -27,6 +27,8 @@ OPEN_FILE = "open"  # the names jobs/standby.py gives them
 JOB_FILE = "job.json"
 POLL_SECONDS = 0.05  # how soon a handed-over job starts
 OWNER_CHECK_SECONDS = 1.0
+CLAIMED_WAIT_SECONDS = 30.0  # a claim's job.json follows within milliseconds
+_TAKEN = threading.Event()  # set once the job is read: the process is the job's from then on
 
 
 def import_what_a_run_needs() -> None:
@@ -105,7 +107,9 @@ def _close_when_unwanted(owner: _OwnerWatch, idle_timeout: float) -> None:
         time.sleep(OWNER_CHECK_SECONDS)
     try:
         os.rename(OPEN_FILE, "closed")
-    except FileNotFoundError:  # claimed: the job goes on
+    except FileNotFoundError:  # claimed: the job goes on, once its job.json is read
+        if not _TAKEN.wait(CLAIMED_WAIT_SECONDS):
+            os._exit(1)  # a claim with no job (its runner died between the two): give up
         return
     shutil.rmtree(os.getcwd(), ignore_errors=True)
     os._exit(0)  # from this thread, while the main thread may still be importing
@@ -115,6 +119,7 @@ def _take() -> list[str]:
     """Become the job's process: its marker, its folder, its log."""
     folder = os.getcwd()  # the standby folder's new name
     job = json.loads(Path(JOB_FILE).read_text(encoding="utf-8"))
+    _TAKEN.set()
     job_dir = Path(job["job_dir"])
     os.environ["COGVIDEOX_JOB_DIR"] = str(job_dir)  # what processes it starts carry
     os.chdir(job_dir)

@@ -306,11 +306,13 @@ class Runner:
         """From now on, keep a trainer waiting for the next CPU run whenever no run is on (a
         run would lose CPU to the standby's imports); the heartbeat starts it again after a run
         took it. Nothing for a runner that keeps no standby."""
+        self._forget_ended_standby()
         self._standby_wanted = self.standby_enabled
         self._keep_standby()
 
     def _keep_standby(self) -> None:
-        if not self._standby_wanted or (self._standby and self._standby.waiting()):
+        self._forget_ended_standby()
+        if not self._standby_wanted or self._standby is not None:
             return
         if any(job.kind == "train" for job in self.store.list(ACTIVE)):
             return
@@ -321,6 +323,28 @@ class Runner:
         with open(folder / LOG_FILE, "ab") as log:
             process = spawn(argv, folder, env, log)
         self._standby = standby_trainer.Standby(process, folder, env)
+
+    def _forget_ended_standby(self) -> None:
+        """A standby that ended untaken (it waited too long, or it failed) is not made again
+        until the page asks: an idle app should not hold its memory for good, nor start a
+        failing one every second."""
+        ended = self._standby
+        if ended is None or ended.waiting():
+            return
+        self._standby, self._standby_wanted = None, False
+        try:
+            code = ended.process.wait(timeout=5)  # closing itself takes milliseconds
+        except subprocess.TimeoutExpired:
+            standby_trainer.close(ended, force=True)
+            code = ended.process.returncode
+        if code != 0:
+            last = log_tail(ended.folder / LOG_FILE, 2000).strip().splitlines()[-1:]
+            logger.warning(
+                "the trainer kept ready for CPU runs ended with exit status %s%s; runs start "
+                "in a fresh process",
+                code,
+                f" ({last[0]})" if last else "",
+            )
 
     def close_standby(self) -> None:
         """End the waiting standby, and keep none from now on."""

@@ -107,12 +107,14 @@ def hand_over(standby: Standby, job_dir: Path, arguments: list[str]) -> bool:
     return True
 
 
-def close(standby: Standby) -> None:
-    """End a standby that no job took (one that became a job is left alone)."""
+def close(standby: Standby, force: bool = False) -> None:
+    """End a standby that no job took (one that became a job is left alone, unless `force`:
+    one that lost its folder)."""
     try:
         os.rename(standby.folder / OPEN_FILE, standby.folder / "closed")
     except FileNotFoundError:
-        return
+        if not force:
+            return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(standby.process.pid, signal.SIGKILL)
     standby.process.wait()

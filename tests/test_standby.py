@@ -170,3 +170,35 @@ def test_an_idle_preview_worker_steps_aside_for_a_run_that_starts_in_the_standby
         sleeper.kill()
         sleeper.wait()
         kill_active_jobs(runner)
+
+
+def test_a_standby_that_ended_untaken_is_made_again_only_when_asked(tmp_path, monkeypatch, caplog):
+    """One that waited too long frees its memory for good; one that failed says why, once,
+    instead of being started again at every heartbeat."""
+    runner = Runner(tmp_path / "workspace", standby=True)
+    monkeypatch.setattr(standby_trainer, "IDLE_TIMEOUT", 0.1)
+    try:
+        runner.warm_standby()
+        idle = runner._standby
+        assert idle.process.wait(timeout=60) == 0  # closed itself while importing
+        runner.poll()
+        assert runner._standby is None and not idle.folder.exists()
+
+        monkeypatch.setattr(
+            standby_trainer,
+            "standby_argv",
+            lambda python, owner: [python, "-c", "raise SystemExit('no torch here')"],
+        )
+        runner.warm_standby()
+        failing = runner._standby
+        failing.process.wait(timeout=60)
+        runner.poll()
+        runner.poll()
+        assert runner._standby is None
+        warnings = [r.getMessage() for r in caplog.records if "kept ready" in r.getMessage()]
+        assert warnings == [
+            "the trainer kept ready for CPU runs ended with exit status 1 (no torch here); "
+            "runs start in a fresh process"
+        ]
+    finally:
+        runner.close_standby()
