@@ -104,7 +104,8 @@ def _close_when_unwanted(owner: _OwnerWatch, idle_timeout: float) -> None:
     nothing once the runner claimed it (the `open` file is no longer there to rename)."""
     started = time.monotonic()
     while not (owner.gone() or time.monotonic() - started > idle_timeout):
-        time.sleep(OWNER_CHECK_SECONDS)
+        if _TAKEN.wait(OWNER_CHECK_SECONDS):
+            return  # the process is the job's now: it outlives the app like any job
     try:
         os.rename(OPEN_FILE, "closed")
     except FileNotFoundError:  # claimed: the job goes on, once its job.json is read

@@ -405,7 +405,13 @@ class Runner:
                 self._escalate(job)
             return
         final = _attempt_final_event(Path(job.job_dir), job.attempt_offset)
-        self._finish(self.store.get(job.id), final, exit_code)
+        current = self.store.get(job.id)
+        if current.attempts != job.attempts or current.status not in ACTIVE:
+            # Another process (a finished job's tick, the app, a CLI command) recorded this
+            # attempt's end while this one looked, and may have started the next attempt: its
+            # processes carry the same marker and must not be killed for the last one's end.
+            return
+        self._finish(current, final, exit_code)
 
     def _finish(self, job: Job, final, exit_code: int | None, ended: float | None = None) -> None:
         """Record how the job's attempt ended, and kill whatever of it is left."""

@@ -56,12 +56,20 @@ def attempt_events(runner: Runner, job_id: str) -> list:
     return EventTail(Path(job.job_dir) / "events.jsonl", job.attempt_offset).read_new()
 
 
-def wait_until(check, timeout: float = 180.0) -> None:
+def wait_until(check, timeout: float = 180.0, state=lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise TimeoutError("the story did not get there in time")
+            raise TimeoutError(f"the story did not get there in time; {state()}")
         time.sleep(0.1)
+
+
+def job_state(runner: Runner, job_id: str) -> str:
+    """What the job's record and the end of its log say, for a story that got stuck."""
+    job = runner.store.get(job_id)
+    log = Path(job.job_dir) / "train.log"
+    tail = log.read_text(errors="replace")[-1500:] if log.exists() else "(no log)"
+    return f"job {job.status} (pid {job.pid}, reason {job.reason!r}); its log ends:\n{tail}"
 
 
 def fill_while_paused(
@@ -69,7 +77,10 @@ def fill_while_paused(
 ) -> None:
     """Once the running attempt has reported an event of kind `after`, pause its trainer, fill
     the disk, and let it go on; returns when the attempt has ended."""
-    wait_until(lambda: any(e.kind == after for e in attempt_events(runner, job_id)))
+    wait_until(
+        lambda: any(e.kind == after for e in attempt_events(runner, job_id)),
+        state=lambda: job_state(runner, job_id),
+    )
     trainers = runner._trainers(runner.store.get(job_id))
     for trainer in trainers:
         trainer.suspend()
@@ -77,7 +88,7 @@ def fill_while_paused(
     for trainer in trainers:
         trainer.resume()
     job_dir = Path(runner.store.get(job_id).job_dir)
-    wait_until(lambda: any(job_dir.glob("exit_code*")))
+    wait_until(lambda: any(job_dir.glob("exit_code*")), state=lambda: job_state(runner, job_id))
 
 
 def record(runner: Runner, job_id: str) -> dict:

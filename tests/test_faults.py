@@ -18,6 +18,7 @@ The fourteen faults of the suite, and where each is proven with real processes:
 | stop pressed twice | test_jobs.py::test_stop_twice_and_cancel_... and the CLI test there |
 | damaged or missing store | here: test_a_damaged_or_missing_store_is_rebuilt_from_the_job_folders |
 | queue advance, nobody polling | test_jobs.py::test_the_queue_advances_with_nobody_polling_... |
+| a stale look at a resumed run | here: test_a_tick_that_saw_the_last_attempt_end_leaves_... |
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from core.events import (
 from jobs.__main__ import main as jobs_main
 from jobs.events import EventTail
 from jobs.runner import Runner
-from tests.job_folders import job_folder
+from tests.job_folders import job_folder, run_as_sleeper
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_DISK = re.compile(r"^the disk holding \S+ is full \(\d+ MB free\); free space and resume$")
@@ -215,3 +216,30 @@ def test_a_full_disk_between_and_at_a_checkpoint_is_named_and_nothing_finished_i
     assert report["resumed_from_step"] == 20  # the resume after the first failure
     assert report["checkpoints_after"] == [20]  # the last complete checkpoint is intact
     assert report["left_in_job_folder"] == []  # no half-written checkpoint, no reserve
+
+
+def test_a_tick_that_saw_the_last_attempt_end_leaves_the_next_alone(tmp_path):
+    """A finished attempt's tick looks at the job (the attempt ended with status 1) while the
+    page resumes it; by the time the tick records the end, the next attempt runs. The tick must
+    not record the old end over the new attempt, nor kill its processes (same marker)."""
+    runner = Runner(tmp_path / "workspace")
+    job = job_folder(
+        runner, "resumed while a tick looks", [ConfigEvent(training_configuration={}, config={})]
+    )
+    first = run_as_sleeper(runner, job)
+    runner.store.update(job.id, attempts=1)
+    first.kill()
+    first.wait()
+    (Path(job.job_dir) / "exit_code").write_text("1\n")
+    seen_by_the_tick = runner.store.get(job.id)  # running, attempt 1, its exit status on disk
+    runner.reconcile()  # the page records the end...
+    runner.store.transition(job.id, ("failed",), status="queued")  # ...and resumes it
+    second = run_as_sleeper(runner, job)
+    runner.store.update(job.id, attempts=2)
+    try:
+        runner._reconcile(seen_by_the_tick)  # the tick goes on from what it saw
+        assert second.poll() is None, "the next attempt was killed"
+        assert runner.store.get(job.id).status == "running"
+    finally:
+        second.kill()
+        second.wait()
