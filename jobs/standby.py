@@ -94,16 +94,31 @@ def trainer_arguments(argv: list[str], python: str) -> list[str] | None:
 
 
 def hand_over(standby: Standby, job_dir: Path, arguments: list[str]) -> bool:
-    """Give the job to the standby; False if it had already closed itself (start a fresh one)."""
+    """Give the job to the standby; False if it cannot take it (it had closed itself, or this
+    file system has no links): start a fresh process then."""
     folder = standby.folder
     try:
         os.rename(folder / OPEN_FILE, folder / CLAIMED_FILE)
     except FileNotFoundError:
         return False
-    write_text_atomic(folder / JOB_FILE, json.dumps({"job_dir": str(job_dir), "argv": arguments}))
-    # The trainer reads job.json from its working folder, wherever that folder is named now.
-    os.rename(folder, folder.with_name(f"{folder.name}.taken"))
-    os.symlink(job_dir, folder)
+    taken = folder.with_name(f"{folder.name}.taken")
+    try:
+        # The folder's path becomes the job folder for the standby's marker and its wrapper;
+        # the trainer reads job.json from its working folder, whatever it is named now.
+        os.rename(folder, taken)
+        os.symlink(job_dir, folder)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.rename(taken, folder)
+        close(standby, force=True)
+        return False
+    job = {"job_dir": str(job_dir), "argv": arguments}
+    try:
+        write_text_atomic(taken / JOB_FILE, json.dumps(job))
+    except OSError:  # a full disk: the job fails saying so; the standby records nothing there
+        folder.unlink()
+        close(standby, force=True)
+        raise
     return True
 
 

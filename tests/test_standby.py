@@ -202,3 +202,29 @@ def test_a_standby_that_ended_untaken_is_made_again_only_when_asked(tmp_path, mo
         ]
     finally:
         runner.close_standby()
+
+
+def test_on_a_file_system_without_links_the_run_starts_in_a_fresh_process(tmp_path, monkeypatch):
+    runner = Runner(tmp_path / "workspace")
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    spec = make_spec({"5b": "/models/tiny"}, "/data/clips")
+    argv = [sys.executable, "-m", "core.train", "--config", str(job_dir / "spec.json")]
+    env = job_env(runner.workspace, job_dir, spec.launch_env())
+    folder = standby_trainer.new_folder(runner.workspace)
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    standby_env = job_env(runner.workspace, folder, single_cpu_process_env())
+    runner._standby = standby_trainer.Standby(sleeper, folder, standby_env)
+
+    def no_links(*_):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "symlink", no_links)
+    try:
+        assert runner._hand_to_standby(spec, job_dir, argv, env) is None
+        assert sleeper.poll() is not None  # the claimed standby is ended, not left waiting
+        assert not folder.exists() and not list(folder.parent.iterdir())
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
