@@ -20,7 +20,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,7 +50,7 @@ from jobs.processes import (
     spawn,
     trainers,
 )
-from jobs.spec import PREPARATION_KINDS, SPEC_FILE, JobSpec, single_cpu_process_env
+from jobs.spec import PREPARATION_KINDS, SPEC_FILE, JobSpec
 from jobs.store import ACTIVE, FINISHED, Job, JobStore, StoreUnwritable
 
 logger = logging.getLogger("jobs.runner")
@@ -85,9 +84,7 @@ class Runner:
         self.kill_grace = kill_grace
         self._children: dict[int, subprocess.Popen] = {}
         self._private_env: dict[str, dict[str, str]] = {}  # per job, kept in memory only
-        self.standby_enabled = standby
-        self._standby_wanted = False
-        self._standby: standby_trainer.Standby | None = None
+        self._standbys = standby_trainer.Keeper(self.workspace) if standby else None
         self._warned: str | None = None
         self._on_warning = on_warning or (lambda message: logger.warning("warning: %s", message))
         from jobs.recovery import adopt_unindexed_folders
@@ -216,7 +213,7 @@ class Runner:
             return []
         active = self.store.list(ACTIVE)
         plan = queue.plan(queued, active, idle=worker_is_idle)
-        if plan.step_aside and self._standby is not None and self._standby.waiting():
+        if plan.step_aside and self._standbys is not None and self._standbys.waiting():
             # A finished worker's tick would start what it held in a fresh process: this runner
             # waits for the workers itself, so that the run starts in the standby.
             self._step_aside_and_wait(plan.step_aside)
@@ -273,7 +270,9 @@ class Runner:
         with open(job_dir / LOG_FILE, "ab") as log:
             log.write(f"{_COMMAND_LINE}{spec.show_command(job_dir / SPEC_FILE)}\n".encode())
             log.flush()
-            process = self._hand_to_standby(spec, job_dir, argv, env)
+            process = None
+            if self._standbys is not None:
+                process = self._standbys.take(spec, job_dir, argv, env)
             if process is None:
                 process = spawn(argv, job_dir, env, log)
         self._children[process.pid] = process
@@ -306,71 +305,18 @@ class Runner:
         """From now on, keep a trainer waiting for the next CPU run whenever no run is on (a
         run would lose CPU to the standby's imports); the heartbeat starts it again after a run
         took it. Nothing for a runner that keeps no standby."""
-        self._forget_ended_standby()
-        self._standby_wanted = self.standby_enabled
-        self._keep_standby()
+        if self._standbys is not None:
+            self._standbys.want()
+            self._keep_standby()
 
     def _keep_standby(self) -> None:
-        self._forget_ended_standby()
-        if not self._standby_wanted or self._standby is not None:
-            return
-        if any(job.kind == "train" for job in self.store.list(ACTIVE)):
-            return
-        standby_trainer.clear_unused(self.workspace)
-        folder = standby_trainer.new_folder(self.workspace)
-        env = job_env(self.workspace, folder, single_cpu_process_env())
-        argv = standby_trainer.standby_argv(sys.executable, os.getpid())
-        with open(folder / LOG_FILE, "ab") as log:
-            process = spawn(argv, folder, env, log)
-        self._standby = standby_trainer.Standby(process, folder, env)
-
-    def _forget_ended_standby(self) -> None:
-        """A standby that ended untaken (it waited too long, or it failed) is not made again
-        until the page asks: an idle app should not hold its memory for good, nor start a
-        failing one every second."""
-        ended = self._standby
-        if ended is None or ended.waiting():
-            return
-        self._standby, self._standby_wanted = None, False
-        try:
-            code = ended.process.wait(timeout=5)  # closing itself takes milliseconds
-        except subprocess.TimeoutExpired:
-            standby_trainer.close(ended, force=True)
-            code = ended.process.returncode
-        if code != 0:
-            last = log_tail(ended.folder / LOG_FILE, 2000).strip().splitlines()[-1:]
-            logger.warning(
-                "the trainer kept ready for CPU runs ended with exit status %s%s; runs start "
-                "in a fresh process",
-                code,
-                f" ({last[0]})" if last else "",
-            )
+        if self._standbys is not None:
+            self._standbys.keep(lambda: any(job.kind == "train" for job in self.store.list(ACTIVE)))
 
     def close_standby(self) -> None:
         """End the waiting standby, and keep none from now on."""
-        self._standby_wanted = False
-        if self._standby is not None:
-            standby_trainer.close(self._standby)
-            self._standby = None
-
-    def _hand_to_standby(
-        self, spec: JobSpec, job_dir: Path, argv: list[str], env: dict[str, str]
-    ) -> subprocess.Popen | None:
-        """The waiting standby's process, now running this job; None when it cannot take it."""
-        waiting, self._standby = self._standby, None
-        arguments = standby_trainer.trainer_arguments(argv, sys.executable)
-        if (
-            waiting is None
-            or arguments is None
-            or not spec.single_cpu_process
-            or spec.train.use_8bit_bnb  # the standby's trainer runs without bitsandbytes
-            or not waiting.waiting()
-            or not waiting.fits(env)
-            or not standby_trainer.hand_over(waiting, job_dir, arguments)
-        ):
-            self._standby = waiting
-            return None
-        return waiting.process
+        if self._standbys is not None:
+            self._standbys.close()
 
     def reconcile(self) -> None:
         """Bring every active job's record in line with its process and its events."""

@@ -24,18 +24,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
 import signal
 import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from core.files import write_text_atomic
-from jobs.processes import MARKER
+from jobs.processes import LOG_FILE, MARKER, job_env, log_tail, spawn
+from jobs.spec import JobSpec, single_cpu_process_env
+
+logger = logging.getLogger("jobs.standby")
 
 STANDBY_DIR = "standby"
 OPEN_FILE = "open"  # present while the standby waits and may be claimed
@@ -161,3 +167,79 @@ def clear_unused(workspace: Path) -> None:
             entry.unlink(missing_ok=True)
         elif entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
+
+
+class Keeper:
+    """A runner's standby: at most one waits, made while it is wanted and no run is on."""
+
+    def __init__(self, workspace: Path):
+        self.workspace = workspace
+        self.wanted = False
+        self.standby: Standby | None = None
+
+    def waiting(self) -> bool:
+        return self.standby is not None and self.standby.waiting()
+
+    def want(self) -> None:
+        self._forget_ended()
+        self.wanted = True
+
+    def keep(self, run_is_on: Callable[[], bool]) -> None:
+        """Start one if it is wanted, none waits, and no run is on."""
+        self._forget_ended()
+        if not self.wanted or self.standby is not None or run_is_on():
+            return
+        clear_unused(self.workspace)
+        folder = new_folder(self.workspace)
+        env = job_env(self.workspace, folder, single_cpu_process_env())
+        with open(folder / LOG_FILE, "ab") as log:
+            process = spawn(standby_argv(sys.executable, os.getpid()), folder, env, log)
+        self.standby = Standby(process, folder, env)
+
+    def take(
+        self, spec: JobSpec, job_dir: Path, argv: list[str], env: dict[str, str]
+    ) -> subprocess.Popen | None:
+        """The waiting standby's process, now running this job; None when it cannot take it."""
+        waiting, self.standby = self.standby, None
+        arguments = trainer_arguments(argv, sys.executable)
+        if (
+            waiting is None
+            or arguments is None
+            or not spec.single_cpu_process
+            or spec.train.use_8bit_bnb  # the standby's trainer runs without bitsandbytes
+            or not waiting.waiting()
+            or not waiting.fits(env)
+            or not hand_over(waiting, job_dir, arguments)
+        ):
+            self.standby = waiting
+            return None
+        return waiting.process
+
+    def close(self) -> None:
+        """End the waiting standby, and want none from now on."""
+        self.wanted = False
+        if self.standby is not None:
+            close(self.standby)
+            self.standby = None
+
+    def _forget_ended(self) -> None:
+        """A standby that ended untaken (it waited too long, or it failed) is not made again
+        until the page asks: an idle app should not hold its memory for good, nor start a
+        failing one every second."""
+        ended = self.standby
+        if ended is None or ended.waiting():
+            return
+        self.standby, self.wanted = None, False
+        try:
+            code = ended.process.wait(timeout=5)  # closing itself takes milliseconds
+        except subprocess.TimeoutExpired:
+            close(ended, force=True)
+            code = ended.process.returncode
+        if code != 0:
+            last = log_tail(ended.folder / LOG_FILE, 2000).strip().splitlines()[-1:]
+            logger.warning(
+                "the trainer kept ready for CPU runs ended with exit status %s%s; runs start "
+                "in a fresh process",
+                code,
+                f" ({last[0]})" if last else "",
+            )

@@ -32,7 +32,7 @@ def test_a_cpu_run_starts_in_the_waiting_standby_and_stops_and_resumes_as_any_jo
     runner = Runner(tmp_path / "workspace", stop_grace=60, kill_grace=10, standby=True)
     try:
         runner.warm_standby()
-        first_standby = runner._standby
+        first_standby = runner._standbys.standby
         spec = make_spec(tiny_models, reference_dataset, "warm", train_steps=LONG)
         submitted = time.time()
         job = runner.submit(spec)
@@ -60,7 +60,7 @@ def test_a_cpu_run_starts_in_the_waiting_standby_and_stops_and_resumes_as_any_jo
         # No run is on: the heartbeat keeps a new one waiting, and clears the old link.
         first_standby.process.wait(timeout=30)  # the wrapper, done recording
         runner.poll()
-        second_standby = runner._standby
+        second_standby = runner._standbys.standby
         assert second_standby is not first_standby and second_standby.waiting()
         assert not first_standby.folder.exists()
         resumed = runner.resume(job.id)
@@ -79,7 +79,7 @@ def test_a_run_the_standby_cannot_take_starts_a_fresh_process(tmp_path):
     """A standby that closed itself, or whose environment is not the job's, is passed over;
     the one that fits is handed the job: its folder becomes a link to the job folder and the
     job's arguments wait there for the trainer."""
-    runner = Runner(tmp_path / "workspace")
+    runner = Runner(tmp_path / "workspace", standby=True)
     job_dir = tmp_path / "job"
     job_dir.mkdir()
     spec = make_spec({"5b": "/models/tiny"}, "/data/clips")
@@ -94,23 +94,23 @@ def test_a_run_the_standby_cannot_take_starts_a_fresh_process(tmp_path):
         sleepers.append(sleeper)
         standby_env = job_env(runner.workspace, folder, single_cpu_process_env())
         standby_env.update(env_changes or {})
-        runner._standby = standby_trainer.Standby(sleeper, folder, standby_env)
-        return runner._standby
+        runner._standbys.standby = standby_trainer.Standby(sleeper, folder, standby_env)
+        return runner._standbys.standby
 
     try:
         other_precision = waiting_standby({"ACCELERATE_MIXED_PRECISION": "bf16"})
-        assert runner._hand_to_standby(spec, job_dir, argv, env) is None
-        assert runner._standby is other_precision and other_precision.waiting()
+        assert runner._standbys.take(spec, job_dir, argv, env) is None
+        assert runner._standbys.standby is other_precision and other_precision.waiting()
 
         closed = waiting_standby()
         os.rename(closed.folder / "open", closed.folder / "closed")
-        assert runner._hand_to_standby(spec, job_dir, argv, env) is None
+        assert runner._standbys.take(spec, job_dir, argv, env) is None
 
         on_a_gpu = make_spec({"5b": "/models/tiny"}, "/data/clips", gpu_ids=[0])
         fitting = waiting_standby()
-        assert runner._hand_to_standby(on_a_gpu, job_dir, argv, env) is None
-        assert runner._hand_to_standby(spec, job_dir, argv, env) is fitting.process
-        assert runner._standby is None
+        assert runner._standbys.take(on_a_gpu, job_dir, argv, env) is None
+        assert runner._standbys.take(spec, job_dir, argv, env) is fitting.process
+        assert runner._standbys.standby is None
         assert fitting.folder.is_symlink() and fitting.folder.resolve() == job_dir.resolve()
         handed = fitting.folder.with_name(f"{fitting.folder.name}.taken") / "job.json"
         assert json.loads(handed.read_text()) == {
@@ -126,7 +126,7 @@ def test_a_run_the_standby_cannot_take_starts_a_fresh_process(tmp_path):
 def test_a_standby_closes_itself_when_its_app_is_gone(tmp_path, subprocess_env):
     """Even while it still imports: no process outlives its app for long, nothing is
     recorded and no folder is left."""
-    runner = Runner(tmp_path / "workspace")
+    runner = Runner(tmp_path / "workspace", standby=True)
     app = subprocess.Popen(["sleep", "60"])
     folder = standby_trainer.new_folder(runner.workspace)
     env = job_env(runner.workspace, folder, single_cpu_process_env())
@@ -147,7 +147,7 @@ def test_the_app_keeps_a_standby_unless_told_not_to(tmp_path):
     assert parse_args([]).standby and not parse_args(["--no-standby"]).standby
     studio = Studio(tmp_path / "workspace", standby=False)
     studio.warm_standby()
-    assert studio.runner._standby is None
+    assert studio.runner._standbys is None
     assert not (studio.workspace / standby_trainer.STANDBY_DIR).exists()
 
 
@@ -160,7 +160,7 @@ def test_an_idle_preview_worker_steps_aside_for_a_run_that_starts_in_the_standby
     sleeper = run_as_sleeper(runner, worker)  # an idle worker holding the CPU
     try:
         runner.warm_standby()
-        standby = runner._standby
+        standby = runner._standbys.standby
         job = runner.submit(make_spec({"5b": "/models/tiny"}, "/data/clips", train_steps=LONG))
         assert job.status == "running" and job.pid == standby.process.pid
         assert sleeper.poll() is not None  # it stepped aside before the run started
@@ -179,10 +179,10 @@ def test_a_standby_that_ended_untaken_is_made_again_only_when_asked(tmp_path, mo
     monkeypatch.setattr(standby_trainer, "IDLE_TIMEOUT", 0.1)
     try:
         runner.warm_standby()
-        idle = runner._standby
+        idle = runner._standbys.standby
         assert idle.process.wait(timeout=60) == 0  # closed itself while importing
         runner.poll()
-        assert runner._standby is None and not idle.folder.exists()
+        assert runner._standbys.standby is None and not idle.folder.exists()
 
         monkeypatch.setattr(
             standby_trainer,
@@ -190,11 +190,11 @@ def test_a_standby_that_ended_untaken_is_made_again_only_when_asked(tmp_path, mo
             lambda python, owner: [python, "-c", "raise SystemExit('no torch here')"],
         )
         runner.warm_standby()
-        failing = runner._standby
+        failing = runner._standbys.standby
         failing.process.wait(timeout=60)
         runner.poll()
         runner.poll()
-        assert runner._standby is None
+        assert runner._standbys.standby is None
         warnings = [r.getMessage() for r in caplog.records if "kept ready" in r.getMessage()]
         assert warnings == [
             "the trainer kept ready for CPU runs ended with exit status 1 (no torch here); "
@@ -205,7 +205,7 @@ def test_a_standby_that_ended_untaken_is_made_again_only_when_asked(tmp_path, mo
 
 
 def test_on_a_file_system_without_links_the_run_starts_in_a_fresh_process(tmp_path, monkeypatch):
-    runner = Runner(tmp_path / "workspace")
+    runner = Runner(tmp_path / "workspace", standby=True)
     job_dir = tmp_path / "job"
     job_dir.mkdir()
     spec = make_spec({"5b": "/models/tiny"}, "/data/clips")
@@ -214,14 +214,14 @@ def test_on_a_file_system_without_links_the_run_starts_in_a_fresh_process(tmp_pa
     folder = standby_trainer.new_folder(runner.workspace)
     sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
     standby_env = job_env(runner.workspace, folder, single_cpu_process_env())
-    runner._standby = standby_trainer.Standby(sleeper, folder, standby_env)
+    runner._standbys.standby = standby_trainer.Standby(sleeper, folder, standby_env)
 
     def no_links(*_):
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "symlink", no_links)
     try:
-        assert runner._hand_to_standby(spec, job_dir, argv, env) is None
+        assert runner._standbys.take(spec, job_dir, argv, env) is None
         assert sleeper.poll() is not None  # the claimed standby is ended, not left waiting
         assert not folder.exists() and not list(folder.parent.iterdir())
     finally:
