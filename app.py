@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-standby",
         dest="standby",
         action="store_false",
-        help="start no trainer ahead of a CPU run's Start (one holds about 0.5 GB of memory "
+        help="start no trainer ahead of a CPU run's Start (one holds about 0.4 GB of memory "
         "while it waits; without it, the first step comes about 5 s later)",
     )
     return parser.parse_args(argv)

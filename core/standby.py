@@ -25,7 +25,7 @@ import psutil
 
 OPEN_FILE = "open"  # the names jobs/standby.py gives them
 JOB_FILE = "job.json"
-POLL_SECONDS = 0.05  # how soon a handed-over job starts
+POLL_SECONDS = 0.1  # how soon a handed-over job starts (a wake-up costs the idle CPU)
 OWNER_CHECK_SECONDS = 1.0
 CLAIMED_WAIT_SECONDS = 30.0  # a claim's job.json follows within milliseconds
 _TAKEN = threading.Event()  # set once the job is read: the process is the job's from then on
