@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -92,15 +93,8 @@ def spawn(argv: list[str], folder: Path, env: dict[str, str], log) -> subprocess
     )
 
 
-def job_processes(job_dir: str) -> list[psutil.Process]:
-    """Every live process of the job, found by the job folder in its environment.
-
-    Process groups are not enough: torchrun starts each rank in a session of its own, and a
-    rank whose launcher died is adopted by init; the environment goes wherever they go. A
-    standby that became the job carries a link to its folder (jobs/standby.py).
-    """
-    found = []
-    folder = os.path.realpath(job_dir)
+def marked_processes() -> Iterator[tuple[psutil.Process, str]]:
+    """Every live process that carries a job folder marker (this one aside), with its marker."""
     for process in psutil.process_iter(["pid", "status"]):
         if process.pid == os.getpid() or process.info["status"] == psutil.STATUS_ZOMBIE:
             continue
@@ -108,9 +102,23 @@ def job_processes(job_dir: str) -> list[psutil.Process]:
             marker = process.environ().get(MARKER)
         except psutil.Error:
             continue
-        if marker and (marker == job_dir or os.path.realpath(marker) == folder):
-            found.append(process)
-    return found
+        if marker:
+            yield process, marker
+
+
+def job_processes(job_dir: str) -> list[psutil.Process]:
+    """Every live process of the job, found by the job folder in its environment.
+
+    Process groups are not enough: torchrun starts each rank in a session of its own, and a
+    rank whose launcher died is adopted by init; the environment goes wherever they go. A
+    standby that became the job carries a link to its folder (jobs/standby.py).
+    """
+    folder = os.path.realpath(job_dir)
+    return [
+        process
+        for process, marker in marked_processes()
+        if marker == job_dir or os.path.realpath(marker) == folder
+    ]
 
 
 def trainers(job_dir: str) -> list[psutil.Process]:

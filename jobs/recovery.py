@@ -20,6 +20,7 @@ import psutil
 from pydantic import ValidationError
 
 from core.events import EVENTS_FILE, FINAL_KINDS, parse_event
+from jobs.processes import marked_processes
 from jobs.spec import SPEC_FILE, JobSpec
 from jobs.store import Job, StoreUnwritable
 
@@ -83,15 +84,8 @@ def _created(folder: Path) -> float:
 def _live_processes() -> dict[str, list[psutil.Process]]:
     """Every live process that carries a job folder marker, by that folder's real path."""
     found: dict[str, list[psutil.Process]] = {}
-    for process in psutil.process_iter(["pid", "status"]):
-        if process.pid == os.getpid() or process.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        try:
-            marker = process.environ().get("COGVIDEOX_JOB_DIR")
-        except psutil.Error:
-            continue
-        if marker:
-            found.setdefault(os.path.realpath(marker), []).append(process)
+    for process, marker in marked_processes():
+        found.setdefault(os.path.realpath(marker), []).append(process)
     return found
 
 

@@ -35,10 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from core.files import write_text_atomic
-from jobs.processes import LOG_FILE, MARKER, job_env, log_tail, spawn
+from jobs.processes import LOG_FILE, MARKER, job_env, log_tail, marked_processes, spawn
 from jobs.spec import JobSpec, single_cpu_process_env
 
 logger = logging.getLogger("jobs.standby")
@@ -149,16 +147,7 @@ def clear_unused(workspace: Path) -> None:
     root = workspace / STANDBY_DIR
     if not root.is_dir():
         return
-    in_use = set()
-    for process in psutil.process_iter(["pid", "status"]):
-        if process.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        try:
-            marker = process.environ().get(MARKER)
-        except psutil.Error:
-            continue
-        if marker and Path(marker).parent == root:
-            in_use.add(Path(marker).name)
+    in_use = {Path(marker).name for _, marker in marked_processes() if Path(marker).parent == root}
     for entry in root.iterdir():
         name = entry.name.removesuffix(".taken")
         if name in in_use:
