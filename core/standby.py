@@ -23,8 +23,11 @@ from pathlib import Path
 
 import psutil
 
-OPEN_FILE = "open"  # the names jobs/standby.py gives them
-JOB_FILE = "job.json"
+# The hand-over's files in the standby folder; the runner's side (jobs/standby.py) uses them too.
+OPEN_FILE = "open"  # present while the standby waits: renamed by whoever claims or closes it
+CLAIMED_FILE = "claimed"
+CLOSED_FILE = "closed"
+JOB_FILE = "job.json"  # the job's folder and trainer arguments, written after the claim
 POLL_SECONDS = 0.1  # how soon a handed-over job starts (a wake-up costs the idle CPU)
 OWNER_CHECK_SECONDS = 1.0
 CLAIMED_WAIT_SECONDS = 30.0  # a claim's job.json follows within milliseconds
@@ -107,7 +110,7 @@ def _close_when_unwanted(owner: _OwnerWatch, idle_timeout: float) -> None:
         if _TAKEN.wait(OWNER_CHECK_SECONDS):
             return  # the process is the job's now: it outlives the app like any job
     try:
-        os.rename(OPEN_FILE, "closed")
+        os.rename(OPEN_FILE, CLOSED_FILE)
     except FileNotFoundError:  # claimed: the job goes on, once its job.json is read
         if not _TAKEN.wait(CLAIMED_WAIT_SECONDS):
             os._exit(1)  # a claim with no job (its runner died between the two): give up

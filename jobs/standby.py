@@ -36,15 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.files import write_text_atomic
+from core.standby import CLAIMED_FILE, CLOSED_FILE, JOB_FILE, OPEN_FILE
 from jobs.processes import LOG_FILE, MARKER, job_env, log_tail, marked_processes, spawn
 from jobs.spec import JobSpec, single_cpu_process_env
 
 logger = logging.getLogger("jobs.standby")
 
 STANDBY_DIR = "standby"
-OPEN_FILE = "open"  # present while the standby waits and may be claimed
-CLAIMED_FILE = "claimed"
-JOB_FILE = "job.json"
 IDLE_TIMEOUT = 1800.0  # seconds a standby waits for a job before it frees its memory
 TRAINER = ("-m", "core.train")
 
@@ -130,7 +128,7 @@ def close(standby: Standby, force: bool = False) -> None:
     """End a standby that no job took (one that became a job is left alone, unless `force`:
     one that lost its folder)."""
     try:
-        os.rename(standby.folder / OPEN_FILE, standby.folder / "closed")
+        os.rename(standby.folder / OPEN_FILE, standby.folder / CLOSED_FILE)
     except FileNotFoundError:
         if not force:
             return
